@@ -1,0 +1,71 @@
+# KubeNetProbe. `make run` and `make test` work as the first command on a fresh Debian/Ubuntu machine.
+PYTHON     ?= python3
+VENV       := .venv
+VPY        := $(VENV)/bin/python
+CLANG      ?= clang
+STRIP      ?= llvm-strip
+MULTIARCH  := $(shell gcc -print-multiarch 2>/dev/null)
+BPF_CFLAGS := -O2 -g -target bpf -Wall -I/usr/include/$(MULTIARCH) -ffile-prefix-map=$(CURDIR)/=
+OBJ        := probe/_bytecode/kubenetprobe.bpf.o
+EMPTY_OBJ  := build/empty.bpf.o
+PYZ        := dist/kubenetprobe.pyz
+APT_PACKAGES := clang llvm gcc libc6-dev libbpf-dev libbpf1 bpftool iproute2 iputils-ping python3-venv
+TOOLS      := $(CLANG) $(STRIP) gcc bpftool ip ping
+
+.PHONY: all deps ensure-deps build-ebpf build test test-unit test-integration run bench clean
+
+all: build
+
+# Install what build and tests need: Debian packages, and the pinned Python tools in $(VENV).
+deps:
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+
+# Run `deps` only when something is missing, so `make run` and `make test` work first thing.
+ensure-deps:
+	@for tool in $(TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	[ -f /usr/include/bpf/bpf_helpers.h ] || missing=1; \
+	$(VPY) -c "import pytest, shiv" 2>/dev/null || missing=1; \
+	if [ -n "$$missing" ]; then $(MAKE) --no-print-directory deps; fi
+
+build-ebpf: $(OBJ)
+
+$(OBJ): bpf/kubenetprobe.bpf.c bpf/kubenetprobe.h
+	@mkdir -p $(dir $@)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+	$(STRIP) -g $@
+	cd $(dir $@) && sha256sum $(notdir $@) > $(notdir $@).sha256
+
+$(EMPTY_OBJ): bpf/empty.bpf.c
+	@mkdir -p $(dir $@)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+	$(STRIP) -g $@
+
+build: ensure-deps $(PYZ)
+
+$(PYZ): $(OBJ) $(wildcard probe/*.py) build_zipapp.py
+	$(VPY) build_zipapp.py --output $@
+
+# Every test, unit and integration (integration tests need root; with CI=true they never skip).
+test: build $(EMPTY_OBJ)
+	$(VPY) -m pytest tests
+
+test-unit: ensure-deps $(OBJ)
+	$(VPY) -m pytest tests -m "not integration"
+
+test-integration: build $(EMPTY_OBJ)
+	$(VPY) -m pytest tests -m integration
+
+# Watch the default interface (or $$NETWORK_INTERFACE) until Ctrl-C.
+run: build
+	$(PYTHON) $(PYZ) $(ARGS)
+
+bench: build $(EMPTY_OBJ)
+	$(VPY) tests/bench.py --pyz $(PYZ) --empty-object $(EMPTY_OBJ)
+
+clean:
+	rm -rf build dist probe/_bytecode .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

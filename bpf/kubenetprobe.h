@@ -1,0 +1,41 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/* The one description of the counters map: the BPF programs write it, probe/layout.py reads it. */
+#ifndef KUBENETPROBE_H
+#define KUBENETPROBE_H
+
+/* Keys of the stats map: one slot per direction, so egress (TC) can join without a new map. */
+enum knp_direction {
+	KNP_DIR_RX = 0,
+	KNP_DIR_TX = 1,
+	KNP_DIR_MAX,
+};
+
+enum knp_l3 {
+	KNP_L3_IPV4 = 0,
+	KNP_L3_IPV6 = 1,
+	KNP_L3_ARP = 2,
+	KNP_L3_OTHER = 3,
+	KNP_L3_MAX,
+};
+
+enum knp_l4 {
+	KNP_L4_TCP = 0,
+	KNP_L4_UDP = 1,
+	KNP_L4_ICMP = 2,
+	KNP_L4_ICMPV6 = 3,
+	KNP_L4_OTHER = 4,
+	KNP_L4_MAX,
+};
+
+struct knp_counter {
+	__u64 packets;
+	__u64 bytes; /* frame length: data_end - data */
+};
+
+/* Value of the per-CPU stats map. Every frame lands in one l3 slot; IP frames also in one l4 slot. */
+struct knp_stats {
+	struct knp_counter l3[KNP_L3_MAX];
+	struct knp_counter l4[KNP_L4_MAX];
+};
+
+#endif

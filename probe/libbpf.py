@@ -1,0 +1,201 @@
+"""The libbpf engine: a ctypes binding to the system's libbpf (1.x, or 0.x from 0.3 on)."""
+import ctypes
+import errno
+import logging
+
+from probe.engine import Engine, LoadedObject, raise_memlock_limit
+from probe.errors import ProbeError
+from probe.link import permission_error
+
+log = logging.getLogger("kubenetprobe")
+
+SONAMES = ("libbpf.so.1", "libbpf.so.0")
+_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)  # enum libbpf_print_level
+_MAX_ERRNO = 4095
+
+_p = ctypes.c_void_p
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+# name: (restype, argtypes); every function the engine calls.
+_FUNCTIONS = {
+    "libbpf_set_print": (_p, [_PRINT_FN]),
+    "libbpf_strerror": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]),
+    "bpf_object__open_mem": (_p, [_p, ctypes.c_size_t, _p]),
+    "bpf_object__load": (ctypes.c_int, [_p]),
+    "bpf_object__close": (None, [_p]),
+    "bpf_program__name": (ctypes.c_char_p, [_p]),
+    "bpf_program__fd": (ctypes.c_int, [_p]),
+    "bpf_map__name": (ctypes.c_char_p, [_p]),
+    "bpf_map__fd": (ctypes.c_int, [_p]),
+}
+# Iterators renamed in 1.0: (1.x name, 0.x name, 0.x takes (prev, obj) instead of (obj, prev)).
+_ITERATORS = {
+    "next_program": ("bpf_object__next_program", "bpf_program__next"),
+    "next_map": ("bpf_object__next_map", "bpf_map__next"),
+}
+_OPTIONAL = {
+    "libbpf_major_version": (ctypes.c_uint32, []),
+    "libbpf_minor_version": (ctypes.c_uint32, []),
+}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.vasprintf.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_char_p, ctypes.c_void_p]
+_libc.free.argtypes = [_p]
+
+
+class _Log(object):
+    """Collects libbpf's messages for the call in progress; everything also goes to logging at debug."""
+
+    def __init__(self):
+        self.lines = []
+        self.callback = _PRINT_FN(self._print)  # kept referenced: libbpf calls it for the process's life
+
+    def _print(self, level, fmt, args):
+        out = ctypes.c_char_p()
+        # va_list is passed on untouched; libc formats it.
+        if _libc.vasprintf(ctypes.byref(out), fmt, args) < 0:
+            return 0
+        try:
+            text = out.value.decode("utf-8", "replace")
+        finally:
+            _libc.free(ctypes.cast(out, _p))
+        self.lines.append(text)
+        for line in text.rstrip("\n").splitlines():
+            log.debug("libbpf: %s", line)
+        return 0
+
+    def take(self):
+        text, self.lines = "".join(self.lines), []
+        return text
+
+
+def _open_library(sonames):
+    tried = []
+    for soname in sonames:
+        try:
+            return ctypes.CDLL(soname, use_errno=True)
+        except OSError as e:
+            tried.append(str(e))
+    raise ProbeError("libbpf not found (%s)" % "; ".join(tried),
+                     hint="install it (apt-get install libbpf1, or dnf install libbpf)")
+
+
+def _bind(lib, name, restype, argtypes):
+    fn = getattr(lib, name)
+    fn.restype = restype
+    fn.argtypes = argtypes
+    return fn
+
+
+def verifier_summary(text):
+    """The line of a verifier log that says why it refused: the last one before its statistics."""
+    lines = text.split("-- BEGIN PROG LOAD LOG --")[-1].split("-- END PROG LOAD LOG --")[0].splitlines()
+    for line in reversed(lines):
+        line = line.strip()
+        if line and not line.startswith(("processed ", "verification time", "stack depth", "libbpf:")):
+            return line
+    return None
+
+
+class LibbpfObject(LoadedObject):
+    """A bpf_object opened and loaded by libbpf."""
+
+    def __init__(self, engine, obj, buffer):
+        self._engine = engine
+        self._obj = obj
+        self._buffer = buffer  # libbpf may read it until the object is closed
+        LoadedObject.__init__(self, engine.programs(obj), engine.maps(obj))
+
+    def close(self):
+        if self._obj:
+            self._engine.lib.bpf_object__close(self._obj)
+            self._obj = None
+            self.programs, self.maps = {}, {}
+
+
+class LibbpfEngine(Engine):
+    """Loads objects through libbpf.so, found by its soname."""
+
+    name = "libbpf"
+
+    def __init__(self, sonames=SONAMES):
+        self.lib = _open_library(sonames)
+        for name, (restype, argtypes) in _FUNCTIONS.items():
+            _bind(self.lib, name, restype, argtypes)
+        self._iterators = {}
+        for key, (new, old) in _ITERATORS.items():
+            if hasattr(self.lib, new):
+                self._iterators[key] = (_bind(self.lib, new, _p, [_p, _p]), False)
+            else:
+                self._iterators[key] = (_bind(self.lib, old, _p, [_p, _p]), True)
+        for name, (restype, argtypes) in _OPTIONAL.items():
+            if hasattr(self.lib, name):
+                _bind(self.lib, name, restype, argtypes)
+        self._log = _Log()
+        self.lib.libbpf_set_print(self._log.callback)
+
+    @property
+    def version(self):
+        """libbpf's version, "1.1"; 0.x has no call that says, so "0.x"."""
+        if hasattr(self.lib, "libbpf_major_version"):
+            return "%d.%d" % (self.lib.libbpf_major_version(), self.lib.libbpf_minor_version())
+        return "0.x"
+
+    def _strerror(self, err):
+        buf = ctypes.create_string_buffer(256)
+        self.lib.libbpf_strerror(err, buf, len(buf))
+        return buf.value.decode("utf-8", "replace") or errno.errorcode.get(err, str(err))
+
+    def _pointer_error(self, ptr):
+        """The errno behind a failed pointer return: 1.x gives NULL and errno, 0.x an encoded -errno."""
+        if not ptr:
+            return ctypes.get_errno() or errno.EINVAL
+        if ptr >= (1 << (8 * ctypes.sizeof(_p))) - _MAX_ERRNO:
+            return (1 << (8 * ctypes.sizeof(_p))) - ptr
+        return 0
+
+    def _iterate(self, key, obj):
+        fn, prev_first = self._iterators[key]
+        item = None
+        while True:
+            item = fn(item, obj) if prev_first else fn(obj, item)
+            if not item:
+                return
+            yield item
+
+    def programs(self, obj):
+        return {self.lib.bpf_program__name(p).decode(): self.lib.bpf_program__fd(p)
+                for p in self._iterate("next_program", obj)}
+
+    def maps(self, obj):
+        return {self.lib.bpf_map__name(m).decode(): self.lib.bpf_map__fd(m) for m in self._iterate("next_map", obj)}
+
+    def load_bytes(self, data):
+        raise_memlock_limit()
+        buffer = ctypes.create_string_buffer(bytes(data), len(data))
+        self._log.take()
+        obj = self.lib.bpf_object__open_mem(buffer, len(data), None)
+        err = self._pointer_error(obj)
+        if err:
+            raise self._error("libbpf cannot open the object", err)
+        rc = self.lib.bpf_object__load(obj)
+        if rc < 0:
+            self.lib.bpf_object__close(obj)
+            raise self._error("the kernel refused to load the program", -rc)
+        self._log.take()
+        return LibbpfObject(self, obj, buffer)
+
+    def _error(self, what, err):
+        text = self._log.take()
+        e = ProbeError("%s: %s" % (what, self._strerror(err)), errno=err, log=text or None)
+        perm = permission_error(e)
+        if perm:
+            perm.log = e.log
+            return perm
+        summary = verifier_summary(text) if "PROG LOAD LOG" in text else None
+        if summary:
+            return ProbeError("the verifier rejected the program: %s" % summary,
+                              hint="run with -v for the verifier's log", errno=err, log=text)
+        lines = [l for l in text.splitlines() if l.strip()]
+        if lines:
+            e.message += " (%s)" % lines[-1].strip().replace("libbpf: ", "")
+        return e

@@ -1,0 +1,114 @@
+"""Attach lifecycle and counters: the probe on a set of interfaces, and reports of what it counted."""
+import time
+
+from probe import layout
+from probe.bytecode import embedded_object
+from probe.errors import ProbeError
+
+
+def open_engine():
+    """The engine that loads objects (libbpf, through ctypes)."""
+    from probe.libbpf import LibbpfEngine
+    return LibbpfEngine()
+
+
+class Attachment(object):
+    """The probe's program on one interface: its own loaded object (so its own counters) and link."""
+
+    def __init__(self, obj, link):
+        self.object = obj
+        self.link = link
+        self.interface = link.interface
+        self.ifindex = link.ifindex
+        self.mode = link.mode
+        self.hook = link.hook
+        self._ncpus = layout.possible_cpus()
+
+    def counters(self, direction="rx"):
+        """Cumulative counters of one direction since attach."""
+        key = layout.KEY.pack(layout.DIRECTIONS.index(direction))
+        raw = self.object.lookup(layout.STATS_MAP, key, layout.STATS_STRIDE * self._ncpus)
+        return layout.decode_stats(raw, self._ncpus)
+
+    def close(self):
+        self.link.close()
+        self.object.close()
+
+
+class NetworkMonitor(object):
+    """Counts the packets of interfaces: attach() them, read packet_stats(), close() to detach all."""
+
+    def __init__(self, engine=None, object_bytes=None):
+        self.engine = engine or open_engine()
+        self.object_bytes = object_bytes or embedded_object()
+        self.attachments = []
+
+    def attach(self, interface, mode="auto", force=False):
+        """Load the program and attach it to an interface's XDP hook; returns the Attachment."""
+        if any(a.interface == interface for a in self.attachments):
+            raise ProbeError("%s is named twice" % interface)
+        obj = self.engine.load_bytes(self.object_bytes)
+        try:
+            link = obj.attach_xdp(layout.PROGRAM, interface, mode, force)
+        except Exception:
+            obj.close()
+            raise
+        attachment = Attachment(obj, link)
+        self.attachments.append(attachment)
+        return attachment
+
+    def packet_stats(self):
+        """{interface: {"rx": counters}} for every attached interface, cumulative since attach."""
+        return {a.interface: {"rx": a.counters("rx")} for a in self.attachments}
+
+    def close(self):
+        """Detach from every interface."""
+        while self.attachments:
+            self.attachments.pop().close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _rate(now, before, seconds):
+    return (now - before) / seconds if seconds > 0 else 0.0
+
+
+def _iso_utc(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % (int(t * 1000) % 1000)
+
+
+class Reporter(object):
+    """Turns a monitor's counters into reports with rates over the time since the previous report."""
+
+    def __init__(self, monitor):
+        self.monitor = monitor
+        self._previous = {}
+        self._started = time.monotonic()
+
+    def reports(self, final=False):
+        """One report per interface, in the JSON shape the CLI prints."""
+        now = time.monotonic()
+        wall = time.time()
+        out = []
+        for a in self.monitor.attachments:
+            rx = a.counters("rx")
+            before_time, before = self._previous.get(a.interface, (self._started, None))
+            seconds = now - before_time
+            rx["pps"] = _rate(rx["packets"], before["packets"] if before else 0, seconds)
+            rx["bps"] = _rate(8 * rx["bytes"], 8 * before["bytes"] if before else 0, seconds)
+            self._previous[a.interface] = (now, rx)
+            out.append({
+                "time": _iso_utc(wall),
+                "interface": a.interface,
+                "ifindex": a.ifindex,
+                "hook": a.hook,
+                "mode": a.mode,
+                "final": final,
+                "rx": {"packets": rx["packets"], "bytes": rx["bytes"], "pps": rx["pps"], "bps": rx["bps"],
+                       "l3": rx["l3"], "l4": rx["l4"]},
+            })
+        return out

@@ -1,0 +1,200 @@
+"""The bpf(2) system call and the attr structs of the commands the probe uses, through libc alone."""
+import ctypes
+import os
+
+from probe.errors import ProbeError
+
+# bpf(2) syscall numbers by machine (asm/unistd.h).
+_SYS_BPF = {
+    "x86_64": 321,
+    "aarch64": 280,
+    "riscv64": 280,
+    "ppc64le": 361,
+    "ppc64": 361,
+    "s390x": 351,
+    "i686": 357,
+    "i386": 357,
+    "armv7l": 386,
+}
+
+# enum bpf_cmd
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_PROG_TEST_RUN = 10
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_LINK_CREATE = 28
+BPF_LINK_GET_FD_BY_ID = 30
+BPF_LINK_GET_NEXT_ID = 31
+BPF_LINK_DETACH = 34
+
+# enum bpf_attach_type, enum bpf_link_type
+BPF_XDP = 37
+BPF_LINK_TYPE_XDP = 6
+
+# if_link.h
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+
+_NAMES = {
+    BPF_MAP_LOOKUP_ELEM: "BPF_MAP_LOOKUP_ELEM",
+    BPF_PROG_TEST_RUN: "BPF_PROG_TEST_RUN",
+    BPF_PROG_GET_FD_BY_ID: "BPF_PROG_GET_FD_BY_ID",
+    BPF_OBJ_GET_INFO_BY_FD: "BPF_OBJ_GET_INFO_BY_FD",
+    BPF_LINK_CREATE: "BPF_LINK_CREATE",
+    BPF_LINK_GET_FD_BY_ID: "BPF_LINK_GET_FD_BY_ID",
+    BPF_LINK_GET_NEXT_ID: "BPF_LINK_GET_NEXT_ID",
+    BPF_LINK_DETACH: "BPF_LINK_DETACH",
+}
+
+_u32 = ctypes.c_uint32
+_u64 = ctypes.c_uint64
+
+
+class MapElemAttr(ctypes.Structure):
+    """union bpf_attr, BPF_MAP_*_ELEM commands."""
+    _fields_ = [("map_fd", _u32), ("_pad", _u32), ("key", _u64), ("value", _u64), ("flags", _u64)]
+
+
+class TestRunAttr(ctypes.Structure):
+    """union bpf_attr, BPF_PROG_TEST_RUN (test)."""
+    _fields_ = [
+        ("prog_fd", _u32), ("retval", _u32), ("data_size_in", _u32), ("data_size_out", _u32),
+        ("data_in", _u64), ("data_out", _u64), ("repeat", _u32), ("duration", _u32),
+        ("ctx_size_in", _u32), ("ctx_size_out", _u32), ("ctx_in", _u64), ("ctx_out", _u64),
+        ("flags", _u32), ("cpu", _u32), ("batch_size", _u32), ("_pad", _u32),
+    ]
+
+
+class GetIdAttr(ctypes.Structure):
+    """union bpf_attr, BPF_*_GET_FD_BY_ID and BPF_*_GET_NEXT_ID."""
+    _fields_ = [("id", _u32), ("next_id", _u32), ("open_flags", _u32)]
+
+
+class InfoAttr(ctypes.Structure):
+    """union bpf_attr, BPF_OBJ_GET_INFO_BY_FD (info)."""
+    _fields_ = [("bpf_fd", _u32), ("info_len", _u32), ("info", _u64)]
+
+
+class LinkCreateAttr(ctypes.Structure):
+    """union bpf_attr, BPF_LINK_CREATE (link_create), the fields XDP uses."""
+    _fields_ = [("prog_fd", _u32), ("target_ifindex", _u32), ("attach_type", _u32), ("flags", _u32)]
+
+
+class LinkDetachAttr(ctypes.Structure):
+    """union bpf_attr, BPF_LINK_DETACH (link_detach)."""
+    _fields_ = [("link_fd", _u32)]
+
+
+class ProgInfo(ctypes.Structure):
+    """struct bpf_prog_info, up to its name."""
+    _fields_ = [
+        ("type", _u32), ("id", _u32), ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", _u32), ("xlated_prog_len", _u32),
+        ("jited_prog_insns", _u64), ("xlated_prog_insns", _u64),
+        ("load_time", _u64), ("created_by_uid", _u32), ("nr_map_ids", _u32), ("map_ids", _u64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+class LinkInfo(ctypes.Structure):
+    """struct bpf_link_info, with the xdp member of its union."""
+    _fields_ = [("type", _u32), ("id", _u32), ("prog_id", _u32), ("_pad", _u32), ("ifindex", _u32),
+                ("_union", ctypes.c_uint8 * 28)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+def bpf(cmd, attr):
+    """Run bpf(cmd, &attr) and return its result; a failure raises ProbeError with the errno."""
+    nr = _SYS_BPF.get(os.uname().machine)
+    if nr is None:
+        raise ProbeError("no bpf(2) syscall number known for %s" % os.uname().machine)
+    ret = _syscall(ctypes.c_long(nr), ctypes.c_int(cmd), ctypes.byref(attr),
+                   ctypes.c_uint(ctypes.sizeof(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise ProbeError("%s: %s" % (_NAMES.get(cmd, cmd), os.strerror(err)), errno=err)
+    return ret
+
+
+def map_lookup(map_fd, key, value_size):
+    """The value stored under `key` (bytes) in a map, as bytes."""
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value_size)
+    bpf(BPF_MAP_LOOKUP_ELEM, MapElemAttr(map_fd=map_fd, key=ctypes.addressof(k), value=ctypes.addressof(v)))
+    return v.raw
+
+
+def prog_test_run(prog_fd, data, repeat=1):
+    """Run a program on one frame `repeat` times; return (its return value, mean ns per run)."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    attr = TestRunAttr(prog_fd=prog_fd, data_size_in=len(data), data_in=ctypes.addressof(buf), repeat=repeat)
+    bpf(BPF_PROG_TEST_RUN, attr)
+    return attr.retval, attr.duration
+
+
+def _info(fd, info):
+    bpf(BPF_OBJ_GET_INFO_BY_FD, InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)))
+    return info
+
+
+def prog_info(fd):
+    """struct bpf_prog_info of a program fd."""
+    return _info(fd, ProgInfo())
+
+
+def link_info(fd):
+    """struct bpf_link_info of a link fd."""
+    return _info(fd, LinkInfo())
+
+
+def prog_name_by_id(prog_id):
+    """The name of the loaded program with this id."""
+    fd = bpf(BPF_PROG_GET_FD_BY_ID, GetIdAttr(id=prog_id))
+    try:
+        return prog_info(fd).name.decode("ascii", "replace")
+    finally:
+        os.close(fd)
+
+
+def link_create_xdp(prog_fd, ifindex, flags):
+    """A new XDP bpf_link fd: the program stays attached while the fd is open."""
+    return bpf(BPF_LINK_CREATE, LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex,
+                                               attach_type=BPF_XDP, flags=flags))
+
+
+def xdp_link_ids(ifindex):
+    """Ids of the XDP bpf_links on an interface (any process's)."""
+    ids = []
+    attr = GetIdAttr(id=0)
+    while True:
+        try:
+            bpf(BPF_LINK_GET_NEXT_ID, attr)
+        except ProbeError as e:
+            if e.errno == 2:  # ENOENT: no more links
+                return ids
+            raise
+        attr.id = attr.next_id
+        try:
+            fd = bpf(BPF_LINK_GET_FD_BY_ID, GetIdAttr(id=attr.id))
+        except ProbeError:
+            continue  # gone meanwhile
+        try:
+            info = link_info(fd)
+        finally:
+            os.close(fd)
+        if info.type == BPF_LINK_TYPE_XDP and info.ifindex == ifindex:
+            ids.append(info.id)
+
+
+def link_detach_by_id(link_id):
+    """Detach another process's link: its program leaves the hook, its fd stays open but defunct."""
+    fd = bpf(BPF_LINK_GET_FD_BY_ID, GetIdAttr(id=link_id))
+    try:
+        bpf(BPF_LINK_DETACH, LinkDetachAttr(link_fd=fd))
+    finally:
+        os.close(fd)
