@@ -4,7 +4,7 @@
 #include <bpf/bpf_helpers.h>
 
 SEC("xdp")
-int kubenetprobe_nop(struct xdp_md *ctx)
+int xdp_empty(struct xdp_md *ctx)
 {
 	return XDP_PASS;
 }

@@ -12,6 +12,13 @@ def open_engine():
     return LibbpfEngine()
 
 
+def read_counters(obj, direction="rx", ncpus=None):
+    """Cumulative counters of one direction from a loaded object's stats map, summed over CPUs."""
+    ncpus = ncpus or layout.possible_cpus()
+    key = layout.KEY.pack(layout.DIRECTIONS.index(direction))
+    return layout.decode_stats(obj.lookup(layout.STATS_MAP, key, layout.STATS_STRIDE * ncpus), ncpus)
+
+
 class Attachment(object):
     """The probe's program on one interface: its own loaded object (so its own counters) and link."""
 
@@ -26,9 +33,7 @@ class Attachment(object):
 
     def counters(self, direction="rx"):
         """Cumulative counters of one direction since attach."""
-        key = layout.KEY.pack(layout.DIRECTIONS.index(direction))
-        raw = self.object.lookup(layout.STATS_MAP, key, layout.STATS_STRIDE * self._ncpus)
-        return layout.decode_stats(raw, self._ncpus)
+        return read_counters(self.object, direction, self._ncpus)
 
     def close(self):
         self.link.close()

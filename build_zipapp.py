@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Build dist/kubenetprobe.pyz with shiv: the probe package and its compiled XDP object, byte-reproducible.
+
+shiv lays out the archive (site-packages/, environment.json, _bootstrap/, __main__.py) and writes it
+with sorted entries and fixed timestamps. Its stock bootstrap extracts site-packages to ~/.shiv before
+running, which dies on a read-only HOME and trusts a cache folder someone else may have seeded; ours
+imports the pure-Python package straight from the archive instead, writing nothing anywhere.
+"""
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from shiv import builder
+from shiv import __version__ as shiv_version
+from shiv.bootstrap.environment import Environment
+from shiv.constants import BUILD_AT_TIMESTAMP_FORMAT, SOURCE_DATE_EPOCH_DEFAULT
+
+ROOT = Path(__file__).resolve().parent
+PACKAGE = ROOT / "probe"
+OBJECT = PACKAGE / "_bytecode" / "kubenetprobe.bpf.o"
+ENTRY_POINT = "probe.cli:main"
+SHEBANG = "/usr/bin/env python3"
+
+BOOTSTRAP = '''\
+"""Run kubenetprobe from inside this archive: nothing is extracted or written, so a read-only HOME works
+and no code is imported from a folder that another user could have written to."""
+import sys
+
+
+def bootstrap():
+    sys.path.insert(0, sys.path[0] + "/site-packages")  # sys.path[0] is this archive
+    from probe.cli import main
+
+    sys.exit(main())
+'''
+
+
+def stage_package(site_packages):
+    """Copy the runtime files of the package, and nothing else, with fixed modes."""
+    checksum = OBJECT.with_name(OBJECT.name + ".sha256")
+    if not OBJECT.exists() or not checksum.exists():
+        sys.exit("build_zipapp: %s is missing; run `make build-ebpf` first" % OBJECT.relative_to(ROOT))
+    expected = checksum.read_text().split()[0]
+    if hashlib.sha256(OBJECT.read_bytes()).hexdigest() != expected:
+        sys.exit("build_zipapp: %s does not match its .sha256; run `make build-ebpf`" % OBJECT.relative_to(ROOT))
+    files = sorted(PACKAGE.glob("*.py")) + [OBJECT, checksum]
+    for source in files:
+        target = site_packages / source.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(str(source), str(target))
+        os.chmod(str(target), 0o644)
+
+
+def build(output):
+    """Write the zipapp to `output`."""
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH_DEFAULT))
+    env = Environment(
+        built_at=__import__("datetime").datetime.utcfromtimestamp(epoch).strftime(BUILD_AT_TIMESTAMP_FORMAT),
+        shiv_version=shiv_version,
+        entry_point=ENTRY_POINT,
+        compile_pyc=False,
+        reproducible=True,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        site_packages = Path(tmp, "site-packages")
+        stage_package(site_packages)
+        bootstrap = Path(tmp, "bootstrap.py")
+        bootstrap.write_text(BOOTSTRAP)
+        os.chmod(str(bootstrap), 0o644)
+        # shiv's one hook for what goes into _bootstrap/: hand it ours instead of its extracting one.
+        builder.iter_package_files = lambda package: [(bootstrap, "__init__.py")]
+        output.parent.mkdir(parents=True, exist_ok=True)
+        builder.create_archive([site_packages], target=output, interpreter=SHEBANG,
+                               main="_bootstrap:bootstrap", env=env, compressed=True)
+    os.chmod(str(output), 0o755)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=ROOT / "dist" / "kubenetprobe.pyz")
+    args = parser.parse_args()
+    build(args.output)
+    print("%s: %d bytes, sha256 %s" % (args.output, args.output.stat().st_size,
+                                       hashlib.sha256(args.output.read_bytes()).hexdigest()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,497 @@
+#!/usr/bin/env python3
+"""`make bench`: what the probe costs per packet, at start, in memory and on disk. It reports; it never asserts.
+
+Run as root. Every figure is measured in this one run, beside a floor measured the same way:
+  1. the XDP program per packet (BPF_PROG_TEST_RUN) beside an empty XDP_PASS program;
+  2. start to first report of the .pyz beside `python -c pass` and a bare script that only loads the object
+     through libbpf, on a veth in a network namespace this script creates and removes;
+  3. peak RSS of those runs;
+  4. the .pyz's size.
+Targets are printed beside the figures as "ok" or "over"; the exit status is 0 whatever they say.
+"""
+import argparse
+import ast
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from probe import layout  # noqa: E402
+from probe.bytecode import embedded_object  # noqa: E402
+from probe.errors import ProbeError  # noqa: E402
+from probe.libbpf import LibbpfEngine  # noqa: E402
+
+OBJECT_FILE = os.path.join(ROOT, "probe", "_bytecode", "kubenetprobe.bpf.o")
+EMPTY_PROGRAM = "kubenetprobe_nop"
+XDP_PASS = 2
+KB, MB = 1000, 1000 * 1000
+CLONE_NEWNET = 0x40000000
+VETH, PEER = "knpb0", "knpb1"
+RUN_TIMEOUT = 60.0  # seconds one timed command may take before the timer kills it
+
+# name: (limit, unit); "value <= limit" is "ok".
+TARGETS = {
+    "program": (1.15, "x empty"),
+    "start": (1.5, "x bare load"),
+    "rss": (25.0, "MB"),
+    "size": (100.0, "KB"),
+}
+
+# The floor the probe's start is measured against: start Python, open libbpf, load the same object; no more.
+BARE_LOAD_SCRIPT = '''\
+import ctypes
+import sys
+
+lib = ctypes.CDLL("libbpf.so.1")
+lib.bpf_object__open_mem.restype = ctypes.c_void_p
+lib.bpf_object__open_mem.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p]
+lib.bpf_object__load.argtypes = [ctypes.c_void_p]
+lib.bpf_object__close.argtypes = [ctypes.c_void_p]
+with open(sys.argv[1], "rb") as f:
+    data = f.read()
+obj = lib.bpf_object__open_mem(data, len(data), None)
+if not obj or lib.bpf_object__load(obj) < 0:
+    sys.exit("bare load: libbpf could not load %s" % sys.argv[1])
+sys.stdout.write("loaded\\n")
+sys.stdout.flush()
+lib.bpf_object__close(obj)
+'''
+
+# Times the start commands from a lean process (`python -I -S`, ~9 MB): a child's ru_maxrss counts the memory of
+# the process that spawned it (at exec the kernel keeps the larger of the two), so the spawner must be small.
+# argv: repr({label: argv}), runs, timeout in seconds. Prints repr({"samples", "warmup", "timer_peak_kib"}).
+TIMER_SCRIPT = '''\
+import os
+import select
+import sys
+import time
+
+ERRORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stderr")
+
+
+def read_until_eof(fd, pid, deadline):
+    """Drain a child's stdout; return when its first bytes (or EOF) came. Kill it past the deadline."""
+    first = None
+    while True:
+        if not select.select([fd], [], [], max(0.0, deadline - time.perf_counter()))[0]:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            sys.exit("still running after the timeout; killed")
+        chunk = os.read(fd, 65536)
+        if first is None:
+            first = time.perf_counter()
+        if not chunk:
+            return first
+
+
+def timed_run(argv, timeout):
+    """Run a command once: ms to its first output (EOF if it prints nothing), ms to its exit, its ru_maxrss."""
+    read, write = os.pipe()
+    errors = os.open(ERRORS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_DUP2, write, 1), (os.POSIX_SPAWN_DUP2, errors, 2)]
+    start = time.perf_counter()
+    pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
+    os.close(write)
+    first = read_until_eof(read, pid, start + timeout)
+    status, usage = os.wait4(pid, 0)[1:]
+    end = time.perf_counter()
+    os.close(read)
+    os.close(errors)
+    if status != 0:
+        with open(ERRORS) as f:
+            sys.exit("%s exited with status %#x: %s" % (" ".join(argv), status, f.read().strip()))
+    return {"first_output_ms": (first - start) * 1e3, "exit_ms": (end - start) * 1e3, "rss_kib": usage.ru_maxrss}
+
+
+def peak_kib():
+    """This process's own peak RSS: no child's ru_maxrss can read lower."""
+    with open("/proc/self/status") as f:
+        return int([line for line in f if line.startswith("VmHWM:")][0].split()[1])
+
+
+def main():
+    """One warm-up run of each command, then rounds of all of them in an order rotating each round."""
+    commands = eval(sys.argv[1])  # a repr written by bench.py
+    runs, timeout = int(sys.argv[2]), float(sys.argv[3])
+    labels = list(commands)
+    warmup = {label: timed_run(commands[label], timeout) for label in labels}
+    samples = {label: [] for label in labels}
+    for r in range(runs):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            samples[label].append(timed_run(commands[label], timeout))
+    print(repr({"samples": samples, "warmup": warmup, "timer_peak_kib": peak_kib()}))
+
+
+main()
+'''
+
+
+# ---- frames ----------------------------------------------------------------------------------------------
+
+def ethernet(ethertype):
+    """An Ethernet header between two locally administered MACs."""
+    return b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + struct.pack("!H", ethertype)
+
+
+def ipv4_checksum(header):
+    """The one's-complement checksum of an IPv4 header."""
+    total = sum(struct.unpack("!%dH" % (len(header) // 2), header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ipv4_udp_frame(size=64):
+    """A `size`-byte Ethernet/IPv4/UDP frame (no FCS), 10.0.0.1:40000 -> 10.0.0.2:53."""
+    payload = b"\x00" * (size - 14 - 20 - 8)
+    udp = struct.pack("!HHHH", 40000, 53, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                     bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+    ip = ip[:10] + struct.pack("!H", ipv4_checksum(ip)) + ip[12:]
+    return ethernet(0x0800) + ip + udp
+
+
+def ipv6_hopopts_tcp_frame():
+    """An Ethernet/IPv6 frame with a hop-by-hop options header before a TCP SYN: fd00::1 -> fd00::2:443."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, 443, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+    hopopts = struct.pack("!BB", 6, 0) + b"\x01\x04\x00\x00\x00\x00"  # next: TCP; PadN to 8 bytes
+    src, dst = b"\xfd" + b"\x00" * 14 + b"\x01", b"\xfd" + b"\x00" * 14 + b"\x02"
+    ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(hopopts) + len(tcp), 0, 64, src, dst)
+    return ethernet(0x86DD) + ip6 + hopopts + tcp
+
+
+FRAMES = (("IPv4/UDP", ipv4_udp_frame()), ("IPv6/HBH/TCP", ipv6_hopopts_tcp_frame()))
+
+
+# ---- 1. per packet -----------------------------------------------------------------------------------------
+
+def interleaved_test_runs(programs, frame, rounds, repeat):
+    """Mean ns per run of each (object, program name), in rounds whose order alternates; {name: [ns...]}."""
+    results = {name: [] for _, name in programs}
+    for r in range(rounds):
+        for obj, name in (programs if r % 2 == 0 else programs[::-1]):
+            retval, ns = obj.test_run(name, frame, repeat)
+            if retval != XDP_PASS:
+                raise RuntimeError("%s returned %d, not XDP_PASS, on the %d-byte frame" % (name, retval, len(frame)))
+            results[name].append(ns)
+    return results
+
+
+def measure_program(engine, empty_object, rounds, repeat):
+    """Per-packet cost of the probe's program beside the empty one, for each test frame."""
+    rows = []
+    with engine.load_bytes(embedded_object()) as probe_obj, engine.load_file(empty_object) as empty_obj:
+        programs = [(probe_obj, layout.PROGRAM), (empty_obj, EMPTY_PROGRAM)]
+        for label, frame in FRAMES:
+            runs = interleaved_test_runs(programs, frame, rounds, repeat)
+            probe_ns, empty_ns = statistics.median(runs[layout.PROGRAM]), statistics.median(runs[EMPTY_PROGRAM])
+            rows.append({"frame": label, "frame_bytes": len(frame), "program_ns": probe_ns, "empty_ns": empty_ns,
+                         "difference_ns": probe_ns - empty_ns, "ratio": probe_ns / empty_ns,
+                         "program_rounds_ns": runs[layout.PROGRAM], "empty_rounds_ns": runs[EMPTY_PROGRAM]})
+    return {"repeat": repeat, "rounds": rounds, "frames": rows}
+
+
+# ---- 2 and 3. start and memory -----------------------------------------------------------------------------
+
+def setns(fd):
+    """Move this process into the network namespace open at `fd`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "setns: %s" % os.strerror(err))
+
+
+def run_quietly(argv):
+    """Run a setup command; failure raises with its stderr."""
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, universal_newlines=True)
+    if done.returncode != 0:
+        raise RuntimeError("%s failed: %s" % (" ".join(argv), done.stderr.strip()))
+
+
+def silence_ipv6():
+    """Keep new interfaces of the current namespace from sending IPv6 neighbour discovery."""
+    for name in ("all", "default"):
+        with contextlib.suppress(OSError), open("/proc/sys/net/ipv6/conf/%s/disable_ipv6" % name, "w") as f:
+            f.write("1")
+
+
+@contextlib.contextmanager
+def veth_namespace():
+    """Enter a fresh network namespace holding an up veth pair; yield the veth's name; remove it all after."""
+    name = "knpbench-%d" % os.getpid()
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        run_quietly(["ip", "netns", "add", name])
+        ns = os.open("/run/netns/" + name, os.O_RDONLY)
+        try:
+            setns(ns)  # once, here: every command timed later starts inside, with no `ip netns exec` in front
+        finally:
+            os.close(ns)
+        try:
+            silence_ipv6()
+            run_quietly(["ip", "link", "add", VETH, "type", "veth", "peer", "name", PEER])
+            run_quietly(["ip", "link", "set", VETH, "up"])
+            run_quietly(["ip", "link", "set", PEER, "up"])
+            yield VETH
+        finally:
+            subprocess.run(["ip", "link", "del", VETH], stderr=subprocess.DEVNULL)
+            setns(home)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], stderr=subprocess.DEVNULL)
+        os.close(home)
+
+
+def run_timer(timer, commands, runs):
+    """Time {label: argv} in the lean timer process; {"samples", "warmup", "timer_peak_kib"}."""
+    done = subprocess.run([sys.executable, "-I", "-S", timer, repr(commands), str(runs), str(RUN_TIMEOUT)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    if done.returncode != 0:
+        raise RuntimeError("timing failed: %s" % done.stderr.strip())
+    return ast.literal_eval(done.stdout)
+
+
+def summarize(samples, warmup):
+    """Medians of the timed runs, the peak RSS over them, and the discarded warm-up run's time."""
+    return {
+        "first_output_ms": statistics.median(s["first_output_ms"] for s in samples),
+        "exit_ms": statistics.median(s["exit_ms"] for s in samples),
+        "peak_rss_mb": max(s["rss_kib"] for s in samples) * 1024 / MB,
+        "warmup_first_output_ms": warmup["first_output_ms"],
+    }
+
+
+def start_commands(python, probe_argv, interface, bare_script):
+    """The three commands timed with one interpreter: the empty start, the bare load, the probe."""
+    return {
+        "python -c pass": [python, "-c", "pass"],
+        "bare load script": [python, bare_script, OBJECT_FILE],
+        "probe": [python] + probe_argv + ["-i", interface, "--count", "1", "--interval", "0"],
+    }
+
+
+def measure_interpreter(interpreter, probe_argv, interface, scripts, runs):
+    """Start and memory figures of the probe and its floors with one interpreter."""
+    commands = start_commands(interpreter["executable"], probe_argv, interface, scripts["bare"])
+    timed = run_timer(scripts["timer"], commands, runs)
+    results = {label: summarize(timed["samples"][label], timed["warmup"][label]) for label in commands}
+    probe, bare, empty = results["probe"], results["bare load script"], results["python -c pass"]
+    return dict(interpreter, runs=runs, commands=results, timer_peak_rss_mb=timed["timer_peak_kib"] * 1024 / MB,
+                ratios={"probe_to_bare_load": probe["first_output_ms"] / bare["first_output_ms"],
+                        "probe_to_python_pass": probe["first_output_ms"] / empty["first_output_ms"]})
+
+
+def write_scripts(folder):
+    """Write the bare load script and the timer into `folder`; {"bare": path, "timer": path}."""
+    paths = {}
+    for key, text in (("bare", BARE_LOAD_SCRIPT), ("timer", TIMER_SCRIPT)):
+        paths[key] = os.path.join(folder, key + ".py")
+        with open(paths[key], "w") as f:
+            f.write(text)
+    return paths
+
+
+# ---- machine facts -----------------------------------------------------------------------------------------
+
+def describe_interpreter(path):
+    """{"executable", "version"} of an interpreter; a pyenv shim resolves to the interpreter it runs."""
+    out = subprocess.run([path, "-c", "import sys; print(sys.executable); print(sys.version.split()[0])"],
+                         stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout.split("\n")
+    if not out[0]:
+        raise RuntimeError("%s does not say where its interpreter is" % path)
+    return {"executable": out[0], "version": out[1]}
+
+
+def default_interpreters():
+    """The python3 a user would run (shim resolved), and Debian's /usr/bin/python3 when it is another one."""
+    candidates = [p for p in (shutil.which("python3"), "/usr/bin/python3") if p and os.path.exists(p)]
+    found, seen = [], set()
+    for path in candidates:
+        interpreter = describe_interpreter(path)
+        real = os.path.realpath(interpreter["executable"])
+        if real not in seen:
+            seen.add(real)
+            found.append(interpreter)
+    return found
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo."""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def loaded_library(fragment):
+    """The real path of a shared library this process has mapped, e.g. libbpf.so.1 -> libbpf.so.1.1.2."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split()[-1]
+            if fragment in os.path.basename(path):
+                return os.path.realpath(path)
+    return None
+
+
+def machine_facts(engine):
+    """Kernel, CPU, load, libbpf and the bench's own Python."""
+    library = loaded_library("libbpf.so")
+    return {
+        "kernel": platform.release(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "libbpf": engine.version,
+        "libbpf_file": library and os.path.basename(library),
+        "bench_python": "%s (%s)" % (platform.python_version(), sys.executable),
+    }
+
+
+# ---- targets and output ------------------------------------------------------------------------------------
+
+def check(target, value, what):
+    """One target line: what was measured, against which limit, ok or over."""
+    limit, unit = TARGETS[target]
+    return {"target": target, "what": what, "value": value, "limit": limit, "unit": unit,
+            "status": "ok" if value <= limit else "over"}
+
+
+def evaluate_targets(figures):
+    """Every target check the figures allow."""
+    checks = [check("program", f["ratio"], "program / empty, " + f["frame"]) for f in figures["program"]["frames"]]
+    for s in figures["start"]:
+        checks.append(check("start", s["ratios"]["probe_to_bare_load"], "start / bare load, python " + s["version"]))
+        checks.append(check("rss", s["commands"]["probe"]["peak_rss_mb"], "peak RSS, python " + s["version"]))
+    if figures["size"]:
+        checks.append(check("size", figures["size"]["bytes"] / KB, "size of " + figures["size"]["file"]))
+    return checks
+
+
+def table(header, rows):
+    """Plain-text columns: the first left-aligned, the others right-aligned."""
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in cells]
+
+
+def report_lines(figures):
+    """The whole report as plain text."""
+    m, p = figures["machine"], figures["program"]
+    lines = ["KubeNetProbe benchmark  (medians of interleaved rounds; KB = 1000 B, MB = 10^6 B)",
+             "machine  kernel %s, %s x %d, load %.2f %.2f %.2f" % ((m["kernel"], m["cpu"], m["cpus"]) + tuple(m["load_average"])),
+             "libbpf   %s (%s)" % (m["libbpf"], m["libbpf_file"]),
+             "bench    python %s" % m["bench_python"],
+             "",
+             "1. XDP program per packet, BPF_PROG_TEST_RUN, repeat %d, %d rounds" % (p["repeat"], p["rounds"])]
+    lines += table(["frame", "bytes", layout.PROGRAM, EMPTY_PROGRAM, "difference", "ratio"],
+                   [[f["frame"], f["frame_bytes"], "%.1f ns" % f["program_ns"], "%.1f ns" % f["empty_ns"],
+                     "%+.1f ns" % f["difference_ns"], "%.2fx" % f["ratio"]] for f in p["frames"]])
+    for s in figures["start"]:
+        lines += ["", "2-3. start and memory, python %s (%s), %d runs, probe: %s"
+                  % (s["version"], s["executable"], s["runs"], figures["probe_command"])]
+        lines += table(["command", "first output", "exit", "peak RSS", "warm-up run"],
+                       [[label, "%.1f ms" % c["first_output_ms"], "%.1f ms" % c["exit_ms"],
+                         "%.1f MB" % c["peak_rss_mb"], "%.1f ms" % c["warmup_first_output_ms"]]
+                        for label, c in s["commands"].items()])
+        lines.append("probe / bare load %.2fx   probe / python -c pass %.2fx   (RSS reads >= the timer's own %.1f MB)"
+                     % (s["ratios"]["probe_to_bare_load"], s["ratios"]["probe_to_python_pass"],
+                        s["timer_peak_rss_mb"]))
+    if figures["size"]:
+        lines += ["", "4. size: %s  %d bytes (%.1f KB)"
+                  % (figures["size"]["file"], figures["size"]["bytes"], figures["size"]["bytes"] / KB)]
+    lines += ["", "targets (informational; the exit status ignores them)"]
+    lines += table(["measure", "value", "target", "status"],
+                   [[c["what"], "%.2f %s" % (c["value"], c["unit"]), "<= %g %s" % (c["limit"], c["unit"]),
+                     c["status"]] for c in figures["targets"]])
+    return lines
+
+
+# ---- main --------------------------------------------------------------------------------------------------
+
+def parse_args(argv):
+    """The bench's options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--pyz", default=os.path.join(ROOT, "dist", "kubenetprobe.pyz"), help="the zipapp to measure")
+    p.add_argument("--empty-object", default=os.path.join(ROOT, "build", "empty.bpf.o"),
+                   help="ELF object holding the empty XDP program %s" % EMPTY_PROGRAM)
+    p.add_argument("--command", help="run the probe as INTERPRETER COMMAND... instead of INTERPRETER PYZ, "
+                                     "e.g. '-m probe' (from the checkout)")
+    p.add_argument("-m", "--interpreter", action="append",
+                   help="Python to time the starts with; repeat for several (default: the python3 on PATH, "
+                        "pyenv shim resolved, and /usr/bin/python3)")
+    p.add_argument("--repeat", type=int, default=1000000, help="BPF_PROG_TEST_RUN repeat (default 1000000)")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds of test runs (default 7)")
+    p.add_argument("--runs", type=int, default=15, help="interleaved runs of each start command (default 15)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
+    return p.parse_args(argv)
+
+
+def probe_argv(args):
+    """What follows the interpreter to run the probe: the .pyz, or --command."""
+    if args.command:
+        return shlex.split(args.command)
+    if not os.path.isfile(args.pyz):
+        raise RuntimeError("%s does not exist: run `make build`, or pass --command '-m probe'" % args.pyz)
+    return [os.path.abspath(args.pyz)]
+
+
+def size_of(path):
+    """The file's name and size, or None when it is not there."""
+    if not os.path.isfile(path):
+        return None
+    return {"file": os.path.basename(path), "bytes": os.path.getsize(path)}
+
+
+def measure(args):
+    """Every figure, in one run."""
+    probe = probe_argv(args)
+    os.chdir(ROOT)  # so `--command '-m probe'` imports the checkout
+    interpreters = [describe_interpreter(p) for p in args.interpreter] if args.interpreter else default_interpreters()
+    engine = LibbpfEngine()
+    figures = {"machine": machine_facts(engine), "probe_command": " ".join(probe),
+               "program": measure_program(engine, args.empty_object, args.rounds, args.repeat)}
+    with tempfile.TemporaryDirectory(prefix="knpbench-") as tmp:
+        scripts = write_scripts(tmp)
+        with veth_namespace() as interface:
+            figures["start"] = [measure_interpreter(i, probe, interface, scripts, args.runs) for i in interpreters]
+    figures["size"] = size_of(args.pyz)
+    figures["targets"] = evaluate_targets(figures)
+    return figures
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)  # so the namespace and temporary files are removed on the way out
+
+
+def main(argv=None):
+    """Measure and print; 0 unless something could not be measured at all."""
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        sys.stderr.write("bench: needs root (BPF programs, XDP, network namespaces)\n")
+        return 1
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        figures = measure(args)
+    except (ProbeError, RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        sys.stderr.write("bench: %s\n" % e)
+        return 1
+    print(json.dumps(figures, indent=2) if args.json else "\n".join(report_lines(figures)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Shared test setup: the `integration` marker (root, the kernel, namespaces) and where the builds are."""
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYZ = os.path.join(ROOT, "dist", "kubenetprobe.pyz")
+EMPTY_OBJECT = os.path.join(ROOT, "build", "empty.bpf.o")
+IN_CI = os.environ.get("CI") == "true"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "integration: needs root and the kernel (BPF, XDP, network namespaces)")
+
+
+@pytest.fixture(autouse=True)
+def _integration_needs_root(request):
+    if request.node.get_closest_marker("integration") and os.geteuid() != 0:
+        pytest.skip("needs root (BPF programs, XDP, network namespaces); run `sudo make test`")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With CI=true a skip is a failure: CI must never pass by not running a test."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = "skipped under CI=true, which must run every test: %s" % (report.longrepr,)

@@ -1,0 +1,232 @@
+"""Test hosts: a veth pair between two network namespaces that a test makes and removes, and the probe run there.
+
+The pair is silent: IPv6 is off on both ends and neighbours are static, so the probe's end receives
+exactly the frames a test sends from the peer's end and nothing else.
+"""
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import PYZ
+
+_serial = itertools.count()
+
+# Small programs run inside the peer namespace with its Python; each reads its arguments from argv.
+SEND_FRAMES = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+for frame in sys.argv[2:]:
+    s.send(bytes.fromhex(frame))
+"""
+SEND_UDP = """
+import socket, sys
+dst, port, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(count):
+    s.sendto(b"k" * size, (dst, port))
+"""
+TCP_SERVER = """
+import socket, sys
+srv = socket.socket()
+srv.bind((sys.argv[1], int(sys.argv[2])))
+srv.listen(1)
+print("listening", flush=True)
+conn, _ = srv.accept()
+total = 0
+while True:
+    data = conn.recv(65536)
+    if not data:
+        break
+    total += len(data)
+conn.close()
+print(total, flush=True)
+"""
+TCP_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+c.sendall(b"t" * int(sys.argv[3]))
+c.shutdown(socket.SHUT_WR)
+c.recv(1)
+c.close()
+"""
+SNIFF_SENT = """
+import signal, socket, struct, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL
+s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: room for every frame of a burst
+s.bind((sys.argv[1], 0))
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+packets = size = 0
+print("ready", flush=True)
+try:
+    while True:
+        data, addr = s.recvfrom(65536)
+        if addr[2] == socket.PACKET_OUTGOING:
+            packets += 1
+            size += len(data)
+finally:
+    _, drops = struct.unpack("II", s.getsockopt(263, 6, 8))  # SOL_PACKET, PACKET_STATISTICS
+    print(packets, size, drops, flush=True)
+"""
+
+
+def sh(*cmd, **kwargs):
+    """Run a command; fail loudly with its output if it fails."""
+    kwargs.setdefault("check", True)
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    kwargs.setdefault("universal_newlines", True)
+    try:
+        return subprocess.run(list(cmd), **kwargs)
+    except subprocess.CalledProcessError as e:
+        raise AssertionError("%s failed: %s%s" % (" ".join(cmd), e.stdout, e.stderr))
+
+
+class VethPair(object):
+    """Namespaces `probe_ns` (interface `probe_if`, 10.77.0.1) and `peer_ns` (`peer_if`, 10.77.0.2)."""
+
+    probe_if, peer_if = "knp0", "knp1"
+    probe_ip, peer_ip = "10.77.0.1", "10.77.0.2"
+
+    def __init__(self):
+        tag = "knp%d-%d" % (os.getpid(), next(_serial))
+        self.probe_ns, self.peer_ns = tag + "-probe", tag + "-peer"
+
+    def __enter__(self):
+        sh("ip", "netns", "add", self.probe_ns)
+        sh("ip", "netns", "add", self.peer_ns)
+        try:
+            self._wire()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _wire(self):
+        sh("ip", "link", "add", self.probe_if, "netns", self.probe_ns, "type", "veth",
+           "peer", "name", self.peer_if, "netns", self.peer_ns)
+        for ns, ifname, ip in ((self.probe_ns, self.probe_if, self.probe_ip),
+                               (self.peer_ns, self.peer_if, self.peer_ip)):
+            self.run(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+            self.run(ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+            self.run(ns, "sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % ifname)
+            sh("ip", "-n", ns, "addr", "add", ip + "/24", "dev", ifname)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "link", "set", ifname, "up")
+        # Segment on the peer, so that what it sends is what crosses the wire, frame by frame.
+        self.run(self.peer_ns, "ethtool", "-K", self.peer_if, "tso", "off", "gso", "off")
+        self.probe_mac = self.mac(self.probe_ns, self.probe_if)
+        self.peer_mac = self.mac(self.peer_ns, self.peer_if)
+        # Static neighbours: no ARP crosses the pair unless a test sends it.
+        sh("ip", "-n", self.probe_ns, "neigh", "replace", self.peer_ip, "lladdr", self.peer_mac,
+           "dev", self.probe_if, "nud", "permanent")
+        sh("ip", "-n", self.peer_ns, "neigh", "replace", self.probe_ip, "lladdr", self.probe_mac,
+           "dev", self.peer_if, "nud", "permanent")
+
+    def __exit__(self, *exc):
+        for ns in (self.probe_ns, self.peer_ns):
+            subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+
+    def run(self, ns, *cmd, **kwargs):
+        """Run a command inside one of the namespaces."""
+        return sh("ip", "netns", "exec", ns, *cmd, **kwargs)
+
+    def mac(self, ns, ifname):
+        return json.loads(sh("ip", "-j", "-n", ns, "link", "show", ifname).stdout)[0]["address"]
+
+    def counters(self, ns, ifname):
+        """The kernel's own counters of an interface: rx_packets, rx_bytes, tx_packets, tx_bytes."""
+        names = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
+        paths = ["/sys/class/net/%s/statistics/%s" % (ifname, n) for n in names]
+        values = self.run(ns, "cat", *paths).stdout.split()
+        return dict(zip(names, map(int, values)))
+
+    def xdp_program(self):
+        """The id of the XDP program on the probe's interface, or None."""
+        info = json.loads(sh("ip", "-j", "-n", self.probe_ns, "link", "show", self.probe_if).stdout)[0]
+        return (info.get("xdp") or {}).get("prog", {}).get("id")
+
+    # Traffic, always from the peer's end towards the probe's.
+
+    def send_frames(self, frames):
+        """Send raw Ethernet frames (bytes) out of the peer's interface."""
+        self.run(self.peer_ns, sys.executable, "-c", SEND_FRAMES, self.peer_if, *[f.hex() for f in frames])
+
+    def ping(self, count, size=56):
+        """`ping` the probe's address; each request is one 14+20+8+size byte frame."""
+        self.run(self.peer_ns, "ping", "-q", "-c", str(count), "-i", "0.01", "-s", str(size), "-W", "2",
+                 self.probe_ip)
+
+    def send_udp(self, count, size, port=9):
+        """Send UDP datagrams of `size` bytes to the probe's address."""
+        self.run(self.peer_ns, sys.executable, "-c", SEND_UDP, self.probe_ip, str(port), str(count), str(size))
+
+    def sniff_sent(self):
+        """Start counting the frames the peer sends; call the result to stop and get (packets, bytes)."""
+        sniffer = subprocess.Popen(["ip", "netns", "exec", self.peer_ns, sys.executable, "-c", SNIFF_SENT,
+                                    self.peer_if], stdout=subprocess.PIPE, universal_newlines=True)
+        assert sniffer.stdout.readline().strip() == "ready"
+
+        def stop():
+            settle()
+            sniffer.terminate()
+            packets, size, drops = map(int, sniffer.communicate(timeout=10)[0].split())
+            assert drops == 0, "the sniffer lost %d frames" % drops
+            return packets, size
+        return stop
+
+    def send_tcp(self, nbytes, port=5001):
+        """Carry `nbytes` over one TCP connection from the peer to a listener at the probe's end."""
+        server = subprocess.Popen(["ip", "netns", "exec", self.probe_ns, sys.executable, "-c", TCP_SERVER,
+                                   self.probe_ip, str(port)], stdout=subprocess.PIPE, universal_newlines=True)
+        try:
+            assert server.stdout.readline().strip() == "listening"
+            self.run(self.peer_ns, sys.executable, "-c", TCP_CLIENT, self.probe_ip, str(port), str(nbytes))
+            assert int(server.stdout.readline()) == nbytes
+        finally:
+            server.kill()
+            server.wait()
+
+
+class ProbeRun(object):
+    """kubenetprobe.pyz running with --json in the probe's namespace."""
+
+    def __init__(self, pair, *args, python=sys.executable, pyz=PYZ, env=None):
+        self.pair = pair
+        cmd = ["ip", "netns", "exec", pair.probe_ns, python, pyz, "--json"] + list(args)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     universal_newlines=True, env=env)
+        self.reports = []
+
+    def wait_attached(self, replacing=None, timeout=10):
+        """Wait until the probe's program is on the interface, in place of `replacing` if given."""
+        deadline = time.time() + timeout
+        while self.pair.xdp_program() in (None, replacing):
+            if self.proc.poll() is not None:
+                raise AssertionError("probe exited with %s: %s" % (self.proc.returncode, self.proc.stderr.read()))
+            if time.time() > deadline:
+                raise AssertionError("probe did not attach within %ss" % timeout)
+            time.sleep(0.02)
+        return self
+
+    def stop(self, sig=signal.SIGINT, timeout=10):
+        """Signal the probe and collect every report; returns the final report of each interface."""
+        self.proc.send_signal(sig)
+        out, self.stderr = self.proc.communicate(timeout=timeout)
+        self.returncode = self.proc.returncode
+        self.reports += [json.loads(line) for line in out.splitlines()]
+        return {r["interface"]: r for r in self.reports if r["final"]}
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+def settle():
+    """Give frames in flight time to arrive before the counters are read."""
+    time.sleep(0.2)

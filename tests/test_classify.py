@@ -1,0 +1,392 @@
+"""How the XDP program classifies and counts frames (BPF_PROG_TEST_RUN), and the counters' layout (BTF)."""
+import errno
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+from probe import bytecode, layout
+from probe.bytecode import embedded_object
+from probe.errors import ProbeError
+from probe.monitor import read_counters
+
+XDP_PASS = 2
+OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(bytecode.__file__)), "_bytecode", bytecode.OBJECT)
+
+# Ethertypes
+ETH_IP, ETH_IPV6, ETH_ARP, ETH_LLDP = 0x0800, 0x86DD, 0x0806, 0x88CC
+VLAN_Q, VLAN_AD = 0x8100, 0x88A8
+# IP protocol numbers / IPv6 next headers
+HOPOPTS, ICMP, IPIP, TCP, UDP, ROUTING, FRAGMENT, GRE, AH, ICMPV6, NONXT, DSTOPTS = (
+    0, 1, 4, 6, 17, 43, 44, 47, 51, 58, 59, 60)
+FILLER = 0xFF  # body byte of extension headers: a parser that misjudges a length reads it as next header 255
+
+
+# ---------------------------------------------------------------------------------------------- frame builders
+
+def ether(ethertype, payload=b"", tags=()):
+    """An Ethernet frame: MACs, one 4-byte VLAN tag per TPID in `tags`, the ethertype, the payload."""
+    frame = bytes.fromhex("020000000002" "020000000001")
+    for vid, tpid in enumerate(tags, start=100):
+        frame += struct.pack("!HH", tpid, vid)
+    return frame + struct.pack("!H", ethertype) + payload
+
+
+def ipv4(proto, payload=b"", ihl=5):
+    """An IPv4 header of `ihl` 32-bit words (options are NOPs; ihl < 5 still writes 20 bytes), then payload."""
+    options = b"\x01" * max(0, ihl * 4 - 20)
+    header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 20 + len(options) + len(payload), 1, 0, 64, proto, 0,
+                         bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+    return header + options + payload
+
+
+def ipv6(nexthdr, payload=b""):
+    """A 40-byte IPv6 header announcing `nexthdr`, then payload."""
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nexthdr, 64,
+                       bytes.fromhex("fd00" + "00" * 13 + "01"), bytes.fromhex("fd00" + "00" * 13 + "02")) + payload
+
+
+def ext_header(kind, nexthdr, hdrlen=0):
+    """An IPv6 extension header: fragment 8 bytes (hdrlen in its reserved byte), AH (hdrlen+2)*4, else (hdrlen+1)*8."""
+    size = {FRAGMENT: 8, AH: (hdrlen + 2) * 4}.get(kind, (hdrlen + 1) * 8)
+    return struct.pack("!BB", nexthdr, hdrlen) + bytes([FILLER]) * (size - 2)
+
+
+def ipv6_chain(exts, upper, payload=b""):
+    """IPv6 with the extension headers `exts` ((kind, hdrlen) pairs) in order, the last announcing `upper`."""
+    kinds = [kind for kind, _ in exts]
+    body = b"".join(ext_header(kind, nexthdr, hdrlen) for (kind, hdrlen), nexthdr in zip(exts, kinds[1:] + [upper]))
+    return ipv6(kinds[0] if kinds else upper, body + payload)
+
+
+def tcp(payload=b""):
+    """A 20-byte TCP header (SYN), then payload."""
+    return struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 5 << 4, 0x02, 65535, 0, 0) + payload
+
+
+def udp(payload=b""):
+    """An 8-byte UDP header, then payload."""
+    return struct.pack("!HHHH", 40000, 53, 8 + len(payload), 0) + payload
+
+
+def icmp(kind=8):
+    """An 8-byte ICMP (type 8) or ICMPv6 (type 128) echo request header."""
+    return struct.pack("!BBHHH", kind, 0, 0, 1, 1)
+
+
+def arp():
+    """A 28-byte ARP request for IPv4 over Ethernet."""
+    return struct.pack("!HHBBH6s4s6s4s", 1, ETH_IP, 6, 4, 1, bytes.fromhex("020000000001"), bytes([10, 0, 0, 1]),
+                       bytes(6), bytes([10, 0, 0, 2]))
+
+
+# ------------------------------------------------------------------------------------------------------ the cases
+
+HTTP = b"GET / HTTP/1.1\r\n\r\n"
+DNS = bytes(20)
+EIGHT_EXTS = [(HOPOPTS, 0), (DSTOPTS, 1), (ROUTING, 2), (FRAGMENT, 0), (AH, 1), (AH, 4), (DSTOPTS, 0), (ROUTING, 0)]
+
+# (id, frame, l3 class, l4 class or None when the frame must not reach any l4 slot)
+CASES = [
+    # IPv4
+    ("ipv4-tcp", ether(ETH_IP, ipv4(TCP, tcp(HTTP))), "ipv4", "tcp"),
+    ("ipv4-udp", ether(ETH_IP, ipv4(UDP, udp(DNS))), "ipv4", "udp"),
+    ("ipv4-icmp", ether(ETH_IP, ipv4(ICMP, icmp() + bytes(56))), "ipv4", "icmp"),
+    ("ipv4-tcp-exact-20-bytes", ether(ETH_IP, ipv4(TCP, tcp())), "ipv4", "tcp"),
+    ("ipv4-tcp-19-bytes", ether(ETH_IP, ipv4(TCP, tcp()[:19])), "ipv4", "other"),
+    ("ipv4-udp-exact-8-bytes", ether(ETH_IP, ipv4(UDP, udp())), "ipv4", "udp"),
+    ("ipv4-udp-7-bytes", ether(ETH_IP, ipv4(UDP, udp()[:7])), "ipv4", "other"),
+    ("ipv4-icmp-exact-8-bytes", ether(ETH_IP, ipv4(ICMP, icmp())), "ipv4", "icmp"),
+    ("ipv4-icmp-7-bytes", ether(ETH_IP, ipv4(ICMP, icmp()[:7])), "ipv4", "other"),
+    ("ipv4-proto58-icmpv6", ether(ETH_IP, ipv4(ICMPV6, icmp(128))), "ipv4", "other"),
+    ("ipv4-gre", ether(ETH_IP, ipv4(GRE, struct.pack("!HH", 0, ETH_IP) + ipv4(TCP, tcp()))), "ipv4", "other"),
+    ("ipv4-ipip", ether(ETH_IP, ipv4(IPIP, ipv4(TCP, tcp()))), "ipv4", "other"),
+    ("ipv4-ihl0", ether(ETH_IP, ipv4(TCP, tcp(), ihl=0)), "ipv4", "other"),
+    ("ipv4-ihl4", ether(ETH_IP, ipv4(TCP, tcp(), ihl=4)), "ipv4", "other"),
+    ("ipv4-header-10-bytes", ether(ETH_IP, ipv4(TCP, tcp())[:10]), "ipv4", "other"),
+    ("ipv4-header-19-bytes", ether(ETH_IP, ipv4(TCP, tcp())[:19]), "ipv4", "other"),
+    ("ipv4-no-header-14-byte-frame", ether(ETH_IP), "ipv4", "other"),
+    # Options cut short: 8 UDP-sized bytes follow the base header, but they are options, not UDP.
+    ("ipv4-ihl15-options-cut-short", ether(ETH_IP, ipv4(UDP, udp(), ihl=15))[:14 + 20 + 8], "ipv4", "other"),
+    ("ipv4-ihl6-tcp-cut-short", ether(ETH_IP, ipv4(TCP, tcp(), ihl=6))[:-1], "ipv4", "other"),
+] + [
+    # IP options (ihl 6..15): the protocol field decides, past the options, exact lengths.
+    ("ipv4-ihl%d-%s" % (ihl, name), ether(ETH_IP, ipv4(proto, header, ihl=ihl)), "ipv4", name)
+    for ihl in range(6, 16)
+    for name, proto, header in [("tcp", TCP, tcp()), ("udp", UDP, udp()), ("icmp", ICMP, icmp())]
+] + [
+    # IPv6
+    ("ipv6-tcp", ether(ETH_IPV6, ipv6(TCP, tcp(HTTP))), "ipv6", "tcp"),
+    ("ipv6-udp", ether(ETH_IPV6, ipv6(UDP, udp(DNS))), "ipv6", "udp"),
+    ("ipv6-icmpv6", ether(ETH_IPV6, ipv6(ICMPV6, icmp(128) + bytes(56))), "ipv6", "icmpv6"),
+    ("ipv6-tcp-exact-20-bytes", ether(ETH_IPV6, ipv6(TCP, tcp())), "ipv6", "tcp"),
+    ("ipv6-tcp-19-bytes", ether(ETH_IPV6, ipv6(TCP, tcp()[:19])), "ipv6", "other"),
+    ("ipv6-udp-exact-8-bytes", ether(ETH_IPV6, ipv6(UDP, udp())), "ipv6", "udp"),
+    ("ipv6-icmpv6-7-bytes", ether(ETH_IPV6, ipv6(ICMPV6, icmp(128)[:7])), "ipv6", "other"),
+    ("ipv6-nexthdr1-icmp", ether(ETH_IPV6, ipv6(ICMP, icmp())), "ipv6", "other"),
+    ("ipv6-no-next-header", ether(ETH_IPV6, ipv6(NONXT, bytes(20))), "ipv6", "other"),
+    ("ipv6-header-39-bytes", ether(ETH_IPV6, ipv6(TCP, tcp())[:39]), "ipv6", "other"),
+    ("ipv6-no-header-14-byte-frame", ether(ETH_IPV6), "ipv6", "other"),
+    # IPv6 extension headers: exact lengths, so a misjudged length reads FILLER or runs out of frame.
+    ("ipv6-hopopts-tcp", ether(ETH_IPV6, ipv6_chain([(HOPOPTS, 0)], TCP, tcp())), "ipv6", "tcp"),
+    ("ipv6-hopopts-24-bytes-udp", ether(ETH_IPV6, ipv6_chain([(HOPOPTS, 2)], UDP, udp())), "ipv6", "udp"),
+    ("ipv6-routing-tcp", ether(ETH_IPV6, ipv6_chain([(ROUTING, 2)], TCP, tcp())), "ipv6", "tcp"),
+    ("ipv6-fragment-udp", ether(ETH_IPV6, ipv6_chain([(FRAGMENT, 0)], UDP, udp())), "ipv6", "udp"),
+    ("ipv6-fragment-reserved-byte-set-tcp", ether(ETH_IPV6, ipv6_chain([(FRAGMENT, 7)], TCP, tcp())), "ipv6", "tcp"),
+    ("ipv6-dstopts-icmpv6", ether(ETH_IPV6, ipv6_chain([(DSTOPTS, 0)], ICMPV6, icmp(128))), "ipv6", "icmpv6"),
+    ("ipv6-ah-24-bytes-tcp", ether(ETH_IPV6, ipv6_chain([(AH, 4)], TCP, tcp())), "ipv6", "tcp"),
+    ("ipv6-ah-12-bytes-udp", ether(ETH_IPV6, ipv6_chain([(AH, 1)], UDP, udp())), "ipv6", "udp"),
+    ("ipv6-5-ext-chain-tcp", ether(ETH_IPV6, ipv6_chain(
+        [(HOPOPTS, 0), (ROUTING, 2), (FRAGMENT, 0), (AH, 4), (DSTOPTS, 1)], TCP, tcp())), "ipv6", "tcp"),
+    ("ipv6-8-ext-udp", ether(ETH_IPV6, ipv6_chain(EIGHT_EXTS, UDP, udp())), "ipv6", "udp"),
+    ("ipv6-8-ext-icmpv6", ether(ETH_IPV6, ipv6_chain(EIGHT_EXTS, ICMPV6, icmp(128))), "ipv6", "icmpv6"),
+    ("ipv6-9-ext-tcp", ether(ETH_IPV6, ipv6_chain(EIGHT_EXTS + [(DSTOPTS, 0)], TCP, tcp())), "ipv6", "other"),
+    ("ipv6-ext-1-byte", ether(ETH_IPV6, ipv6(HOPOPTS, bytes([TCP]))), "ipv6", "other"),
+    ("ipv6-ext-16-bytes-cut-to-10", ether(ETH_IPV6, ipv6_chain([(HOPOPTS, 1)], TCP)[:40 + 10]), "ipv6", "other"),
+    ("ipv6-fragment-7-bytes", ether(ETH_IPV6, ipv6_chain([(FRAGMENT, 0)], UDP)[:40 + 7]), "ipv6", "other"),
+    ("ipv6-ah-tcp-cut-short", ether(ETH_IPV6, ipv6_chain([(AH, 4)], TCP, tcp())[:-1]), "ipv6", "other"),
+    ("ipv6-2nd-ext-cut-short", ether(ETH_IPV6, ipv6_chain([(HOPOPTS, 0), (DSTOPTS, 1)], UDP)[:40 + 8 + 15]),
+     "ipv6", "other"),
+    # VLAN tags
+    ("8021q-ipv4-tcp", ether(ETH_IP, ipv4(TCP, tcp()), tags=[VLAN_Q]), "ipv4", "tcp"),
+    ("8021q-ipv6-udp", ether(ETH_IPV6, ipv6(UDP, udp()), tags=[VLAN_Q]), "ipv6", "udp"),
+    ("8021ad-ipv4-icmp", ether(ETH_IP, ipv4(ICMP, icmp()), tags=[VLAN_AD]), "ipv4", "icmp"),
+    ("8021ad-ipv6-tcp", ether(ETH_IPV6, ipv6(TCP, tcp()), tags=[VLAN_AD]), "ipv6", "tcp"),
+    ("qinq-ipv4-udp", ether(ETH_IP, ipv4(UDP, udp()), tags=[VLAN_AD, VLAN_Q]), "ipv4", "udp"),
+    ("qinq-ipv6-icmpv6", ether(ETH_IPV6, ipv6(ICMPV6, icmp(128)), tags=[VLAN_AD, VLAN_Q]), "ipv6", "icmpv6"),
+    ("qinq-ipv4-header-cut-short", ether(ETH_IP, ipv4(TCP, tcp())[:19], tags=[VLAN_AD, VLAN_Q]), "ipv4", "other"),
+    ("qinq-arp", ether(ETH_ARP, arp(), tags=[VLAN_AD, VLAN_Q]), "arp", None),
+    ("three-tags-ipv4-tcp", ether(ETH_IP, ipv4(TCP, tcp()), tags=[VLAN_AD, VLAN_Q, VLAN_Q]), "other", None),
+    ("8021q-tag-cut-to-2-bytes", ether(ETH_IP, tags=[VLAN_Q])[:14 + 2], "other", None),
+    ("8021q-tag-missing-14-byte-frame", ether(ETH_IP, tags=[VLAN_Q])[:14], "other", None),
+    ("qinq-inner-tag-cut-short", ether(ETH_IP, tags=[VLAN_AD, VLAN_Q])[:14 + 4 + 3], "other", None),
+    ("8021q-lldp", ether(ETH_LLDP, bytes(46), tags=[VLAN_Q]), "other", None),
+    # Neither IPv4 nor IPv6
+    ("arp", ether(ETH_ARP, arp()), "arp", None),
+    ("arp-14-byte-frame", ether(ETH_ARP), "arp", None),
+    ("lldp", ether(ETH_LLDP, bytes(46)), "other", None),
+    ("unknown-ethertype-14-byte-frame", ether(ETH_LLDP), "other", None),
+]
+assert len({case[0] for case in CASES}) == len(CASES), "case ids must be unique"
+
+
+# ---------------------------------------------------------------------------------------------- helpers, fixtures
+
+def zero_counters():
+    """Counters of one direction with every class at zero, in read_counters' shape."""
+    return {"packets": 0, "bytes": 0,
+            "l3": {name: {"packets": 0, "bytes": 0} for name in layout.L3},
+            "l4": {name: {"packets": 0, "bytes": 0} for name in layout.L4}}
+
+
+def expected_counters(runs):
+    """The rx counters a fresh object must show after `runs`: (frame, l3, l4 or None, times) tuples."""
+    want = zero_counters()
+    for frame, l3, l4, times in runs:
+        for slot in [want, want["l3"][l3]] + ([want["l4"][l4]] if l4 else []):
+            slot["packets"] += times
+            slot["bytes"] += times * len(frame)
+    return want
+
+
+def assert_counters(obj, runs):
+    """The object's counters are exactly what `runs` produce (rx), zero (tx), and consistent across l3/l4."""
+    rx = read_counters(obj, "rx")
+    assert rx == expected_counters(runs)
+    assert read_counters(obj, "tx") == zero_counters()
+    assert rx["packets"] == sum(c["packets"] for c in rx["l3"].values())
+    assert rx["bytes"] == sum(c["bytes"] for c in rx["l3"].values())
+    assert sum(c["packets"] for c in rx["l4"].values()) == rx["l3"]["ipv4"]["packets"] + rx["l3"]["ipv6"]["packets"]
+
+
+def run(obj, frame, repeat=1):
+    """Run the XDP program on one frame `repeat` times; it must always pass the frame on."""
+    retval, _ = obj.test_run(layout.PROGRAM, frame, repeat=repeat)
+    assert retval == XDP_PASS
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The libbpf engine and the embedded object's bytes, shared by the module."""
+    from probe.libbpf import LibbpfEngine
+    return LibbpfEngine(), embedded_object()
+
+
+@pytest.fixture
+def obj(engine):
+    """A freshly loaded object, so every counter starts at zero."""
+    eng, data = engine
+    loaded = eng.load_bytes(data)
+    yield loaded
+    loaded.close()
+
+
+# ------------------------------------------------------------------------------------ classification (root)
+
+@pytest.mark.integration
+@pytest.mark.parametrize("frame, l3, l4", [pytest.param(f, l3, l4, id=name) for name, f, l3, l4 in CASES])
+def test_frame_lands_in_exactly_its_classes(obj, frame, l3, l4):
+    """One frame adds 1 packet and its full length to its l3 class (and l4 class if IP), nothing elsewhere."""
+    run(obj, frame)
+    assert_counters(obj, [(frame, l3, l4, 1)])
+
+
+@pytest.mark.integration
+def test_fresh_object_counts_nothing(obj):
+    """A freshly loaded object reads all zero before any frame."""
+    assert_counters(obj, [])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("length", [0, 1, 13])
+def test_frame_shorter_than_ethernet_header(obj, length):
+    """Under 14 bytes: the kernel refuses the run (EINVAL, nothing counted) or the program counts it as l3 other."""
+    # Kernels checked so far (6.x) refuse: the program's own "no Ethernet header" branch is unreachable this way.
+    frame = bytes(length)
+    try:
+        run(obj, frame)
+    except ProbeError as e:
+        assert e.errno == errno.EINVAL
+        assert_counters(obj, [])
+    else:
+        assert_counters(obj, [(frame, "other", None, 1)])
+
+
+@pytest.mark.integration
+def test_counts_accumulate_over_a_mix_of_frames(obj):
+    """Every case fed 1-3 times in shuffled order: every counter is the exact sum."""
+    runs = [(frame, l3, l4, 1 + i % 3) for i, (_, frame, l3, l4) in enumerate(CASES)]
+    schedule = [frame for frame, _, _, times in runs for _ in range(times)]
+    random.Random(0).shuffle(schedule)
+    for frame in schedule:
+        run(obj, frame)
+    assert_counters(obj, runs)
+
+
+@pytest.mark.integration
+def test_repeat_counts_every_run(obj):
+    """test_run with repeat=1000 runs the program 1000 times: 1000 packets, 1000 * len bytes."""
+    frame = ether(ETH_IPV6, ipv6(UDP, udp(DNS)))
+    run(obj, frame, repeat=1000)
+    assert_counters(obj, [(frame, "ipv6", "udp", 1000)])
+
+
+@pytest.mark.integration
+def test_separate_objects_count_separately(engine, obj):
+    """Each loaded object has its own stats map: frames run on one never show on another."""
+    eng, data = engine
+    with eng.load_bytes(data) as other:
+        frame = ether(ETH_IP, ipv4(TCP, tcp()))
+        run(other, frame, repeat=3)
+        assert_counters(other, [(frame, "ipv4", "tcp", 3)])
+    assert_counters(obj, [])
+
+
+# ------------------------------------------------------------------------------------------ BTF layout (no root)
+
+def find_bpftool():
+    """bpftool's path: on PATH, or in the sbin folders a non-root PATH often lacks."""
+    return shutil.which("bpftool") or shutil.which("bpftool", path="/usr/local/sbin:/usr/sbin:/sbin")
+
+
+@pytest.fixture(scope="module")
+def btf():
+    """The object's BTF types by id, as bpftool dumps them (raw format, JSON)."""
+    bpftool = find_bpftool()
+    if not bpftool:
+        pytest.skip("bpftool is not installed (apt-get install bpftool)")
+    out = subprocess.run([bpftool, "-j", "btf", "dump", "file", OBJECT_PATH, "format", "raw"],
+                         check=True, capture_output=True, text=True).stdout
+    return {t["id"]: t for t in json.loads(out)["types"]}
+
+
+def named(btf, kind, name):
+    """The one BTF type of this kind and name."""
+    found = [t for t in btf.values() if t["kind"] == kind and t["name"] == name]
+    assert len(found) == 1, "%d BTF %s types named %s" % (len(found), kind, name)
+    return found[0]
+
+
+def resolve(btf, type_id):
+    """The type behind a type id, through typedefs and qualifiers."""
+    t = btf[type_id]
+    while t["kind"] in ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT"):
+        t = btf[t["type_id"]]
+    return t
+
+
+def members(btf, struct_type):
+    """{member name: (byte offset, resolved type)} of a BTF struct."""
+    return {m["name"]: (m["bits_offset"] // 8, resolve(btf, m["type_id"])) for m in struct_type["members"]}
+
+
+def test_btf_knp_counter_is_two_u64_packets_then_bytes(btf):
+    """struct knp_counter is 16 bytes: __u64 packets at 0, __u64 bytes at 8 (a "QQ" pair in layout.STATS)."""
+    counter = named(btf, "STRUCT", "knp_counter")
+    assert counter["size"] == struct.calcsize("=QQ")
+    fields = members(btf, counter)
+    assert sorted(fields) == ["bytes", "packets"]
+    assert (fields["packets"][0], fields["bytes"][0]) == (0, 8)
+    for _, t in fields.values():
+        assert (t["kind"], t["size"], t["encoding"]) == ("INT", 8, "(none)")  # unsigned 64-bit
+
+
+def test_btf_knp_stats_matches_layout(btf):
+    """struct knp_stats is l3[len(L3)] then l4[len(L4)] knp_counters, layout.STATS.size bytes in all."""
+    stats = named(btf, "STRUCT", "knp_stats")
+    counter = named(btf, "STRUCT", "knp_counter")
+    assert stats["size"] == layout.STATS.size
+    fields = members(btf, stats)
+    assert sorted(fields) == ["l3", "l4"]
+    for name, offset, length in [("l3", 0, len(layout.L3)), ("l4", len(layout.L3) * counter["size"], len(layout.L4))]:
+        at, array = fields[name]
+        assert at == offset, name
+        assert array["kind"] == "ARRAY" and array["nr_elems"] == length, name
+        assert resolve(btf, array["type_id"]) is counter, name
+
+
+def test_btf_stats_map_matches_layout(btf):
+    """Map knp_stats: per-CPU array (what decode_stats sums), one __u32 key per direction, knp_stats values."""
+    fields = members(btf, resolve(btf, named(btf, "VAR", layout.STATS_MAP)["type_id"]))
+
+    def pointee(name):  # __uint(name, N) is int (*name)[N]; __type(name, T) is T *name
+        return resolve(btf, fields[name][1]["type_id"])
+
+    BPF_MAP_TYPE_PERCPU_ARRAY = 6
+    assert pointee("type")["nr_elems"] == BPF_MAP_TYPE_PERCPU_ARRAY
+    assert pointee("max_entries")["nr_elems"] == len(layout.DIRECTIONS)
+    assert pointee("key")["size"] == layout.KEY.size
+    assert pointee("value") is named(btf, "STRUCT", "knp_stats")
+
+
+# ------------------------------------------------------------------------------------------------ layout (no root)
+
+def test_decode_stats_sums_every_cpu():
+    """decode_stats adds each CPU's (packets, bytes) pairs, l3 then l4, and totals the l3 classes."""
+    # Field i of CPU c holds (i + 1) * 10**c: over three CPUs each field sums to (i + 1) * 111.
+    raw = b"".join(struct.pack("=18Q", *[(i + 1) * 10 ** cpu for i in range(18)]) for cpu in range(3))
+    stats = layout.decode_stats(raw, 3)
+    assert stats["l3"] == {"ipv4": {"packets": 111, "bytes": 222}, "ipv6": {"packets": 333, "bytes": 444},
+                           "arp": {"packets": 555, "bytes": 666}, "other": {"packets": 777, "bytes": 888}}
+    assert stats["l4"] == {"tcp": {"packets": 999, "bytes": 1110}, "udp": {"packets": 1221, "bytes": 1332},
+                           "icmp": {"packets": 1443, "bytes": 1554}, "icmpv6": {"packets": 1665, "bytes": 1776},
+                           "other": {"packets": 1887, "bytes": 1998}}
+    assert (stats["packets"], stats["bytes"]) == (111 + 333 + 555 + 777, 222 + 444 + 666 + 888)
+
+
+def test_decode_stats_refuses_a_short_value():
+    """A value shorter than one knp_stats per CPU is an error, not a silent partial sum."""
+    with pytest.raises(ValueError):
+        layout.decode_stats(bytes(layout.STATS_STRIDE * 2 - 1), 2)
+
+
+@pytest.mark.parametrize("text, count", [("0-3\n", 4), ("0,2-3\n", 3), ("0\n", 1), ("0-1,4-7\n", 6)])
+def test_possible_cpus_parses_cpu_lists(tmp_path, text, count):
+    """possible_cpus counts the CPUs of a sysfs CPU list: ranges and single CPUs, comma-separated."""
+    path = tmp_path / "possible"
+    path.write_text(text)
+    assert layout.possible_cpus(str(path)) == count

@@ -1,0 +1,201 @@
+"""The built kubenetprobe.pyz on a veth pair: exact counts against what was sent and the kernel's counters."""
+import os
+import signal
+import struct
+import sys
+import time
+
+import pytest
+
+from conftest import EMPTY_OBJECT, PYZ
+from netns import ProbeRun, VethPair, settle
+
+pytestmark = pytest.mark.integration
+
+ETH_P_ARP, ETH_P_IPV6, ETH_P_LLDP, ETH_P_8021Q = 0x0806, 0x86DD, 0x88CC, 0x8100
+
+
+@pytest.fixture
+def pair():
+    assert os.path.exists(PYZ), "build it first: make build"
+    with VethPair() as p:
+        yield p
+
+
+def eth(pair, ethertype, payload):
+    return bytes.fromhex(pair.probe_mac.replace(":", "") + pair.peer_mac.replace(":", "")) \
+        + struct.pack("!H", ethertype) + payload
+
+
+def raw_frames(pair):
+    """Frames of the classes ping and sockets do not make: (frame, l3, l4 or None)."""
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, b"\x02" * 6, bytes([10, 77, 0, 2]), b"\0" * 6,
+                      bytes([10, 77, 0, 9]))
+    ipv6_udp = struct.pack("!IHBB16s16s", 6 << 28, 8, 17, 64, b"\xfd" + b"\0" * 15, b"\xfd" + b"\0" * 14 + b"\1") \
+        + struct.pack("!HHHH", 1000, 9, 8, 0)
+    ipv4_icmp = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 1, 0, 64, 1, 0, bytes([10, 77, 0, 2]),
+                            bytes([10, 77, 0, 99])) + struct.pack("!BBHHH", 8, 0, 0, 1, 1)
+    return [
+        (eth(pair, ETH_P_ARP, arp), "arp", None),
+        (eth(pair, ETH_P_IPV6, ipv6_udp), "ipv6", "udp"),
+        (eth(pair, ETH_P_LLDP, b"\0" * 30), "other", None),
+        (eth(pair, ETH_P_8021Q, struct.pack("!HH", 5, 0x0800) + ipv4_icmp), "ipv4", "icmp"),
+        (eth(pair, 0x0800, ipv4_icmp[:12]), "ipv4", "other"),  # IPv4 header cut short
+    ]
+
+
+def assert_matches_kernel(report, before, after, mode):
+    """rx packets equal the kernel's own count, and so do bytes in generic mode.
+
+    With native XDP on veth the kernel counts bytes without the 14-byte Ethernet header, on both ends
+    of the pair: a kernel quirk, not ours to copy, so there bytes are checked against what was sent.
+    """
+    rx = report["rx"]
+    assert rx["packets"] == after["probe"]["rx_packets"] - before["probe"]["rx_packets"]
+    assert rx["packets"] == after["peer"]["tx_packets"] - before["peer"]["tx_packets"]
+    if mode == "generic":
+        assert rx["bytes"] == after["probe"]["rx_bytes"] - before["probe"]["rx_bytes"]
+        assert rx["bytes"] == after["peer"]["tx_bytes"] - before["peer"]["tx_bytes"]
+    assert rx["packets"] == sum(c["packets"] for c in rx["l3"].values())
+    assert rx["bytes"] == sum(c["bytes"] for c in rx["l3"].values())
+    assert sum(c["packets"] for c in rx["l4"].values()) == rx["l3"]["ipv4"]["packets"] + rx["l3"]["ipv6"]["packets"]
+
+
+def kernel_counters(pair):
+    return {"probe": pair.counters(pair.probe_ns, pair.probe_if), "peer": pair.counters(pair.peer_ns, pair.peer_if)}
+
+
+@pytest.mark.parametrize("mode", ["native", "generic"])
+def test_counts_known_traffic_exactly(pair, mode):
+    """ping, UDP, TCP and raw frames: each class counted exactly, totals equal to the kernel's."""
+    probe = ProbeRun(pair, "-i", pair.probe_if, "--mode", mode, "--interval", "60").wait_attached()
+    try:
+        before = kernel_counters(pair)
+        pair.ping(7)
+        pair.send_udp(11, 300)
+        sniffed = pair.sniff_sent()
+        pair.send_tcp(200000)
+        tcp_packets, tcp_bytes = sniffed()
+        frames = raw_frames(pair)
+        pair.send_frames([f for f, _, _ in frames])
+        settle()
+        after = kernel_counters(pair)
+        final = probe.stop()[pair.probe_if]
+    finally:
+        probe.kill()
+    assert probe.returncode == 0, probe.stderr
+    rx = final["rx"]
+    assert tcp_packets > 0
+    expected_l4 = {
+        "icmp": (7 + 1, 7 * (14 + 20 + 8 + 56) + len(frames[3][0])),
+        "udp": (11 + 1, 11 * (14 + 20 + 8 + 300) + len(frames[1][0])),
+        "tcp": (tcp_packets, tcp_bytes),
+        "icmpv6": (0, 0),
+        "other": (1, len(frames[4][0])),
+    }
+    assert {k: (v["packets"], v["bytes"]) for k, v in rx["l4"].items()} == expected_l4
+    ipv4 = [expected_l4[k] for k in ("icmp", "tcp", "other")] + [(11, 11 * 342)]
+    expected_l3 = {
+        "ipv4": (sum(p for p, _ in ipv4), sum(b for _, b in ipv4)),
+        "ipv6": (1, len(frames[1][0])),
+        "arp": (1, len(frames[0][0])),
+        "other": (1, len(frames[2][0])),
+    }
+    assert {k: (v["packets"], v["bytes"]) for k, v in rx["l3"].items()} == expected_l3
+    assert_matches_kernel(final, before, after, mode)
+    assert final["final"] is True and final["hook"] == "xdp" and final["interface"] == pair.probe_if
+    assert final["mode"] == mode
+    assert pair.xdp_program() is None, "the probe left its program attached"
+
+
+def test_auto_mode_takes_native_on_veth(pair):
+    """--mode auto (the default) gets native XDP where the driver has it."""
+    probe = ProbeRun(pair, "-i", pair.probe_if, "--count", "1", "--interval", "0")
+    out, err = probe.proc.communicate(timeout=20)
+    assert probe.proc.returncode == 0, err
+    assert '"mode": "native"' in out
+
+
+def test_sigkill_leaves_no_program(pair):
+    """A bpf_link dies with the process: SIGKILL leaves the interface as it was."""
+    probe = ProbeRun(pair, "-i", pair.probe_if, "--interval", "60").wait_attached()
+    assert pair.xdp_program() is not None
+    probe.proc.send_signal(signal.SIGKILL)
+    probe.proc.wait()
+    deadline = time.time() + 5
+    while pair.xdp_program() is not None and time.time() < deadline:
+        time.sleep(0.05)
+    assert pair.xdp_program() is None
+
+
+def test_sigterm_prints_final_report_and_detaches(pair):
+    probe = ProbeRun(pair, "-i", pair.probe_if, "--interval", "60").wait_attached()
+    pair.ping(3)
+    settle()
+    final = probe.stop(signal.SIGTERM)[pair.probe_if]
+    assert probe.returncode == 0
+    assert final["rx"]["l4"]["icmp"]["packets"] == 3
+    assert pair.xdp_program() is None
+
+
+def test_other_program_is_not_replaced_without_force(pair):
+    """A foreign XDP program stays, and the error names it; --force replaces it and says so."""
+    pair.run(pair.probe_ns, "ip", "link", "set", "dev", pair.probe_if, "xdpgeneric", "obj", EMPTY_OBJECT,
+             "sec", "xdp")
+    theirs = pair.xdp_program()
+    assert theirs is not None
+    refused = pair.run(pair.probe_ns, sys.executable, PYZ, "-i", pair.probe_if, "--count", "1", "--interval", "0",
+                       check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("kubenetprobe: error: %s already has an XDP program: id %d (xdp_empty)"
+                                     % (pair.probe_if, theirs)), refused.stderr
+    assert len(refused.stderr.splitlines()) == 1 and "--force" in refused.stderr
+    assert pair.xdp_program() == theirs
+
+    forced = pair.run(pair.probe_ns, sys.executable, PYZ, "-i", pair.probe_if, "--count", "1", "--interval", "0",
+                      "--force", "--json", check=False)
+    assert forced.returncode == 0, forced.stderr
+    assert "replaced XDP program id %d" % theirs in forced.stderr
+    assert pair.xdp_program() is None
+
+
+def test_second_probe_is_refused_and_force_takes_over(pair):
+    """Another process's bpf_link is refused too; --force detaches it."""
+    first = ProbeRun(pair, "-i", pair.probe_if, "--interval", "60").wait_attached()
+    try:
+        ours = pair.xdp_program()
+        refused = pair.run(pair.probe_ns, sys.executable, PYZ, "-i", pair.probe_if, "--count", "1", "--interval",
+                           "0", check=False)
+        assert refused.returncode == 1
+        assert "id %d (kubenetprobe_rx)" % ours in refused.stderr
+        assert pair.xdp_program() == ours
+        second = ProbeRun(pair, "-i", pair.probe_if, "--force", "--interval", "60").wait_attached(replacing=ours)
+        try:
+            assert pair.xdp_program() not in (None, ours)
+            pair.ping(2)
+            settle()
+            assert second.stop()[pair.probe_if]["rx"]["l4"]["icmp"]["packets"] == 2
+        finally:
+            second.kill()
+        assert pair.xdp_program() is None
+    finally:
+        first.kill()
+
+
+def test_two_interfaces_count_separately():
+    """Each interface has its own counters."""
+    with VethPair() as a, VethPair() as b:
+        # Move b's probe end into a's namespace under another name, so one probe sees both.
+        b.run(b.probe_ns, "ip", "link", "set", b.probe_if, "name", "knp2", "netns", a.probe_ns)
+        a.run(a.probe_ns, "ip", "link", "set", "knp2", "up")
+        probe = ProbeRun(a, "-i", a.probe_if, "-i", "knp2", "--interval", "60").wait_attached()
+        try:
+            frame = eth(a, ETH_P_LLDP, b"\0" * 50)
+            a.send_frames([frame] * 3)
+            b.send_frames([frame] * 5)
+            settle()
+            finals = probe.stop()
+        finally:
+            probe.kill()
+        assert finals[a.probe_if]["rx"]["l3"]["other"] == {"packets": 3, "bytes": 3 * len(frame)}
+        assert finals["knp2"]["rx"]["l3"]["other"] == {"packets": 5, "bytes": 5 * len(frame)}
