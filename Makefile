@@ -5,7 +5,7 @@ VPY        := $(VENV)/bin/python
 CLANG      ?= clang
 STRIP      ?= llvm-strip
 MULTIARCH  := $(shell gcc -print-multiarch 2>/dev/null)
-BPF_CFLAGS := -O2 -g -target bpf -Wall -I/usr/include/$(MULTIARCH) -ffile-prefix-map=$(CURDIR)/=
+BPF_CFLAGS := -O2 -g -target bpf -Wall -I/usr/include/$(MULTIARCH) -fdebug-prefix-map=$(CURDIR)=.
 OBJ        := probe/_bytecode/kubenetprobe.bpf.o
 EMPTY_OBJ  := build/empty.bpf.o
 PYZ        := dist/kubenetprobe.pyz

@@ -186,15 +186,16 @@ class LibbpfEngine(Engine):
 
     def _error(self, what, err):
         text = self._log.take()
+        # Checked first: the verifier's refusals come as EACCES too.
+        summary = verifier_summary(text) if "PROG LOAD LOG" in text else None
+        if summary:
+            return ProbeError("the verifier rejected the program: %s" % summary,
+                              hint="run with -v for the verifier's log", errno=err, log=text)
         e = ProbeError("%s: %s" % (what, self._strerror(err)), errno=err, log=text or None)
         perm = permission_error(e)
         if perm:
             perm.log = e.log
             return perm
-        summary = verifier_summary(text) if "PROG LOAD LOG" in text else None
-        if summary:
-            return ProbeError("the verifier rejected the program: %s" % summary,
-                              hint="run with -v for the verifier's log", errno=err, log=text)
         lines = [l for l in text.splitlines() if l.strip()]
         if lines:
             e.message += " (%s)" % lines[-1].strip().replace("libbpf: ", "")

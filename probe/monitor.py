@@ -1,7 +1,7 @@
 """Attach lifecycle and counters: the probe on a set of interfaces, and reports of what it counted."""
 import time
 
-from probe import layout
+from probe import interfaces, layout
 from probe.bytecode import embedded_object
 from probe.errors import ProbeError
 
@@ -52,6 +52,7 @@ class NetworkMonitor(object):
         """Load the program and attach it to an interface's XDP hook; returns the Attachment."""
         if any(a.interface == interface for a in self.attachments):
             raise ProbeError("%s is named twice" % interface)
+        interfaces.ifindex(interface)  # a typo fails here, before anything is loaded
         obj = self.engine.load_bytes(self.object_bytes)
         try:
             link = obj.attach_xdp(layout.PROGRAM, interface, mode, force)

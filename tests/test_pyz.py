@@ -1,0 +1,107 @@
+"""The built kubenetprobe.pyz as users get it: every Python, read-only filesystems, what it imports, its bytes."""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PYZ, ROOT
+from netns import ProbeRun, VethPair, settle, sh
+from test_integration import ETH_P_LLDP, eth
+
+pytestmark = pytest.mark.integration
+
+
+def interpreters():
+    """Every CPython 3.6+ on this machine: pyenv's, and the system's."""
+    found = {}
+    root = subprocess.run(["pyenv", "root"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          universal_newlines=True).stdout.strip() if shutil.which("pyenv") else ""
+    for path in sorted(glob.glob(os.path.join(root, "versions", "*", "bin", "python3"))) + ["/usr/bin/python3"]:
+        if not os.path.exists(path):
+            continue
+        version = subprocess.run([path, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+        if tuple(map(int, version.split("."))) >= (3, 6):
+            found.setdefault(path, version)
+    return sorted(found.items(), key=lambda item: (tuple(map(int, item[1].split("."))), item[0]))
+
+
+def count_frames(pair, *wrapper, **kwargs):
+    """Run the pyz (inside `wrapper`), send 5 frames, and return its final report of the probe's interface."""
+    frame = eth(pair, ETH_P_LLDP, b"\0" * 46)
+    probe = ProbeRun(pair, "-i", pair.probe_if, "--interval", "60", **kwargs).wait_attached()
+    try:
+        pair.send_frames([frame] * 5)
+        settle()
+        final = probe.stop()
+    finally:
+        probe.kill()
+    assert probe.returncode == 0, probe.stderr
+    assert final[pair.probe_if]["rx"]["l3"]["other"] == {"packets": 5, "bytes": 5 * len(frame)}
+    return probe
+
+
+@pytest.mark.parametrize("python,version", interpreters(), ids=lambda v: v if "/" not in v else None)
+def test_runs_and_counts_on_every_python(python, version):
+    with VethPair() as pair:
+        count_frames(pair, python=python)
+
+
+def test_runs_with_read_only_root_and_home(tmp_path):
+    """Like Kubernetes' readOnlyRootFilesystem: nowhere to extract to, and nothing written."""
+    home = tmp_path / "home"
+    home.mkdir()
+    pyz = str(tmp_path / "kubenetprobe.pyz")
+    shutil.copy(PYZ, pyz)
+    # Every filesystem read-only, in a mount namespace of this command's own.
+    read_only = 'for m in $(findmnt -rno TARGET -t nosysfs,noproc,nodevtmpfs,nocgroup2,nobpf); do ' \
+                'mount -o remount,bind,ro "$m" 2>/dev/null; done; touch "$HOME/w" 2>/dev/null && exit 99; exec "$@"'
+    with VethPair() as pair:
+        result = sh("unshare", "-m", "--propagation", "private", "sh", "-c", read_only, "sh",
+                    "ip", "netns", "exec", pair.probe_ns, sys.executable, pyz, "--json", "-i", pair.probe_if,
+                    "--count", "1", "--interval", "0", env=dict(os.environ, HOME=str(home)), check=False)
+    assert result.returncode == 0, result.stderr
+    assert '"interface": "knp0"' in result.stdout
+    assert os.listdir(str(home)) == []
+
+
+def test_never_imports_from_writable_folders(tmp_path):
+    """Seeded shiv caches, a cwd holding look-alike modules: none of it runs."""
+    marker = tmp_path / "pwned"
+    evil = "open(%r, 'w').write(__file__)\n" % str(marker)
+    home = tmp_path / "home"
+    for folder in (home / ".shiv", tmp_path / "shivroot", tmp_path / "cwd"):
+        for sub in ("", "kubenetprobe.pyz_x/site-packages/"):
+            package = folder / sub / "probe"
+            package.mkdir(parents=True)
+            (package / "__init__.py").write_text(evil)
+            (package / "cli.py").write_text(evil)
+        (folder / "_bootstrap.py").write_text(evil)
+    env = dict(os.environ, HOME=str(home), SHIV_ROOT=str(tmp_path / "shivroot"))
+    result = subprocess.run([sys.executable, PYZ, "--version"], cwd=str(tmp_path / "cwd"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("kubenetprobe ")
+    assert not marker.exists(), "imported code from " + marker.read_text()
+
+
+def test_build_is_reproducible_across_folders(tmp_path):
+    """Two builds of this tree in two folders give byte-identical files, equal to dist/'s."""
+    outputs = []
+    for name in ("a", "bb/deeper"):
+        tree = tmp_path / name
+        for part in ("bpf", "probe"):
+            shutil.copytree(os.path.join(ROOT, part), str(tree / part),
+                            ignore=shutil.ignore_patterns("__pycache__", "_bytecode"))
+        for part in ("Makefile", "build_zipapp.py", "requirements-dev.txt"):
+            shutil.copy(os.path.join(ROOT, part), str(tree / part))
+        sh("make", "-C", str(tree), "build-ebpf")
+        out = tree / "out.pyz"
+        sh(sys.executable, str(tree / "build_zipapp.py"), "--output", str(out))
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+    with open(PYZ, "rb") as f:
+        assert f.read() == outputs[0]
