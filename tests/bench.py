@@ -34,7 +34,6 @@ from probe.errors import ProbeError  # noqa: E402
 from probe.libbpf import LibbpfEngine  # noqa: E402
 
 OBJECT_FILE = os.path.join(ROOT, "probe", "_bytecode", "kubenetprobe.bpf.o")
-EMPTY_PROGRAM = "kubenetprobe_nop"
 XDP_PASS = 2
 KB, MB = 1000, 1000 * 1000
 CLONE_NEWNET = 0x40000000
@@ -69,9 +68,9 @@ sys.stdout.flush()
 lib.bpf_object__close(obj)
 '''
 
-# Times the start commands from a lean process (`python -I -S`, ~9 MB): a child's ru_maxrss counts the memory of
+# Times the start commands from a lean process (`python -I -S`, 8-9 MB): a child's ru_maxrss counts the memory of
 # the process that spawned it (at exec the kernel keeps the larger of the two), so the spawner must be small.
-# argv: repr({label: argv}), runs, timeout in seconds. Prints repr({"samples", "warmup", "timer_peak_kib"}).
+# argv: repr({label: argv}), runs, timeout in seconds. Prints repr({"samples", "warmup", "timer_rss_kib"}).
 TIMER_SCRIPT = '''\
 import os
 import select
@@ -117,13 +116,14 @@ def timed_run(argv, timeout):
 
 
 def peak_kib():
-    """This process's own peak RSS: no child's ru_maxrss can read lower."""
+    """This process's own peak RSS: a child it spawns cannot read a lower ru_maxrss."""
     with open("/proc/self/status") as f:
         return int([line for line in f if line.startswith("VmHWM:")][0].split()[1])
 
 
 def main():
     """One warm-up run of each command, then rounds of all of them in an order rotating each round."""
+    floor = peak_kib()
     commands = eval(sys.argv[1])  # a repr written by bench.py
     runs, timeout = int(sys.argv[2]), float(sys.argv[3])
     labels = list(commands)
@@ -132,7 +132,7 @@ def main():
     for r in range(runs):
         for label in labels[r % len(labels):] + labels[:r % len(labels)]:
             samples[label].append(timed_run(commands[label], timeout))
-    print(repr({"samples": samples, "warmup": warmup, "timer_peak_kib": peak_kib()}))
+    print(repr({"samples": samples, "warmup": warmup, "timer_rss_kib": floor}))
 
 
 main()
@@ -179,29 +179,41 @@ FRAMES = (("IPv4/UDP", ipv4_udp_frame()), ("IPv6/HBH/TCP", ipv6_hopopts_tcp_fram
 # ---- 1. per packet -----------------------------------------------------------------------------------------
 
 def interleaved_test_runs(programs, frame, rounds, repeat):
-    """Mean ns per run of each (object, program name), in rounds whose order alternates; {name: [ns...]}."""
-    results = {name: [] for _, name in programs}
+    """Mean ns per run of each {role: (object, program name)}, in rounds whose order alternates; {role: [ns...]}."""
+    roles = list(programs)
+    results = {role: [] for role in roles}
     for r in range(rounds):
-        for obj, name in (programs if r % 2 == 0 else programs[::-1]):
+        for role in (roles if r % 2 == 0 else roles[::-1]):
+            obj, name = programs[role]
             retval, ns = obj.test_run(name, frame, repeat)
             if retval != XDP_PASS:
-                raise RuntimeError("%s returned %d, not XDP_PASS, on the %d-byte frame" % (name, retval, len(frame)))
-            results[name].append(ns)
+                raise RuntimeError("%s returned %d, not XDP_PASS, on a %d-byte frame" % (name, retval, len(frame)))
+            results[role].append(ns)
     return results
+
+
+def only_program(obj, path):
+    """The name of the one program in an object."""
+    if len(obj.programs) != 1:
+        names = ", ".join(sorted(obj.programs)) or "none"
+        raise RuntimeError("%s should hold one program; it has %s" % (path, names))
+    return next(iter(obj.programs))
 
 
 def measure_program(engine, empty_object, rounds, repeat):
     """Per-packet cost of the probe's program beside the empty one, for each test frame."""
     rows = []
     with engine.load_bytes(embedded_object()) as probe_obj, engine.load_file(empty_object) as empty_obj:
-        programs = [(probe_obj, layout.PROGRAM), (empty_obj, EMPTY_PROGRAM)]
+        programs = {"program": (probe_obj, layout.PROGRAM),
+                    "empty": (empty_obj, only_program(empty_obj, empty_object))}
         for label, frame in FRAMES:
             runs = interleaved_test_runs(programs, frame, rounds, repeat)
-            probe_ns, empty_ns = statistics.median(runs[layout.PROGRAM]), statistics.median(runs[EMPTY_PROGRAM])
+            probe_ns, empty_ns = statistics.median(runs["program"]), statistics.median(runs["empty"])
             rows.append({"frame": label, "frame_bytes": len(frame), "program_ns": probe_ns, "empty_ns": empty_ns,
                          "difference_ns": probe_ns - empty_ns, "ratio": probe_ns / empty_ns,
-                         "program_rounds_ns": runs[layout.PROGRAM], "empty_rounds_ns": runs[EMPTY_PROGRAM]})
-    return {"repeat": repeat, "rounds": rounds, "frames": rows}
+                         "program_rounds_ns": runs["program"], "empty_rounds_ns": runs["empty"]})
+    return {"repeat": repeat, "rounds": rounds, "program": layout.PROGRAM, "empty": programs["empty"][1],
+            "frames": rows}
 
 
 # ---- 2 and 3. start and memory -----------------------------------------------------------------------------
@@ -254,9 +266,9 @@ def veth_namespace():
         os.close(home)
 
 
-def run_timer(timer, commands, runs):
-    """Time {label: argv} in the lean timer process; {"samples", "warmup", "timer_peak_kib"}."""
-    done = subprocess.run([sys.executable, "-I", "-S", timer, repr(commands), str(runs), str(RUN_TIMEOUT)],
+def run_timer(python, timer, commands, runs):
+    """Time {label: argv} in the lean timer process; {"samples", "warmup", "timer_rss_kib"}."""
+    done = subprocess.run([python, "-I", "-S", timer, repr(commands), str(runs), str(RUN_TIMEOUT)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     if done.returncode != 0:
         raise RuntimeError("timing failed: %s" % done.stderr.strip())
@@ -285,10 +297,12 @@ def start_commands(python, probe_argv, interface, bare_script):
 def measure_interpreter(interpreter, probe_argv, interface, scripts, runs):
     """Start and memory figures of the probe and its floors with one interpreter."""
     commands = start_commands(interpreter["executable"], probe_argv, interface, scripts["bare"])
-    timed = run_timer(scripts["timer"], commands, runs)
+    # The timed interpreter runs the timer too where it can (3.8+): Debian's is smaller than the bench's.
+    timer_python = interpreter["executable"] if interpreter["posix_spawn"] else sys.executable
+    timed = run_timer(timer_python, scripts["timer"], commands, runs)
     results = {label: summarize(timed["samples"][label], timed["warmup"][label]) for label in commands}
     probe, bare, empty = results["probe"], results["bare load script"], results["python -c pass"]
-    return dict(interpreter, runs=runs, commands=results, timer_peak_rss_mb=timed["timer_peak_kib"] * 1024 / MB,
+    return dict(interpreter, runs=runs, commands=results, timer_rss_mb=timed["timer_rss_kib"] * 1024 / MB,
                 ratios={"probe_to_bare_load": probe["first_output_ms"] / bare["first_output_ms"],
                         "probe_to_python_pass": probe["first_output_ms"] / empty["first_output_ms"]})
 
@@ -306,12 +320,13 @@ def write_scripts(folder):
 # ---- machine facts -----------------------------------------------------------------------------------------
 
 def describe_interpreter(path):
-    """{"executable", "version"} of an interpreter; a pyenv shim resolves to the interpreter it runs."""
-    out = subprocess.run([path, "-c", "import sys; print(sys.executable); print(sys.version.split()[0])"],
-                         stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout.split("\n")
-    if not out[0]:
+    """{"executable", "version", "posix_spawn"} of an interpreter; a pyenv shim resolves to what it runs."""
+    code = "import os, sys; print(sys.executable); print(sys.version.split()[0]); print(hasattr(os, 'posix_spawn'))"
+    out = subprocess.run([path, "-c", code], stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+    executable, version, posix_spawn = out.split("\n")[:3]
+    if not executable:
         raise RuntimeError("%s does not say where its interpreter is" % path)
-    return {"executable": out[0], "version": out[1]}
+    return {"executable": executable, "version": version, "posix_spawn": posix_spawn == "True"}
 
 
 def default_interpreters():
@@ -373,8 +388,9 @@ def evaluate_targets(figures):
     """Every target check the figures allow."""
     checks = [check("program", f["ratio"], "program / empty, " + f["frame"]) for f in figures["program"]["frames"]]
     for s in figures["start"]:
-        checks.append(check("start", s["ratios"]["probe_to_bare_load"], "start / bare load, python " + s["version"]))
-        checks.append(check("rss", s["commands"]["probe"]["peak_rss_mb"], "peak RSS, python " + s["version"]))
+        python = "python " + s["version"]
+        checks.append(check("start", s["ratios"]["probe_to_bare_load"], "start / bare load, " + python))
+        checks.append(check("rss", s["commands"]["probe"]["peak_rss_mb"], "peak RSS, " + python))
     if figures["size"]:
         checks.append(check("size", figures["size"]["bytes"] / KB, "size of " + figures["size"]["file"]))
     return checks
@@ -388,16 +404,29 @@ def table(header, rows):
             for r in cells]
 
 
+def rounded(value, digits=3):
+    """The figures with every float rounded, for JSON a person can read."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
 def report_lines(figures):
     """The whole report as plain text."""
     m, p = figures["machine"], figures["program"]
     lines = ["KubeNetProbe benchmark  (medians of interleaved rounds; KB = 1000 B, MB = 10^6 B)",
-             "machine  kernel %s, %s x %d, load %.2f %.2f %.2f" % ((m["kernel"], m["cpu"], m["cpus"]) + tuple(m["load_average"])),
+             "machine  kernel %s, %s x %d, load %.2f %.2f %.2f"
+             % ((m["kernel"], m["cpu"], m["cpus"]) + tuple(m["load_average"])),
              "libbpf   %s (%s)" % (m["libbpf"], m["libbpf_file"]),
              "bench    python %s" % m["bench_python"],
              "",
-             "1. XDP program per packet, BPF_PROG_TEST_RUN, repeat %d, %d rounds" % (p["repeat"], p["rounds"])]
-    lines += table(["frame", "bytes", layout.PROGRAM, EMPTY_PROGRAM, "difference", "ratio"],
+             "1. XDP program per packet, BPF_PROG_TEST_RUN, repeat %d, %d rounds (the kernel truncates to whole ns)"
+             % (p["repeat"], p["rounds"])]
+    lines += table(["frame", "bytes", p["program"], p["empty"] + " (empty)", "difference", "ratio"],
                    [[f["frame"], f["frame_bytes"], "%.1f ns" % f["program_ns"], "%.1f ns" % f["empty_ns"],
                      "%+.1f ns" % f["difference_ns"], "%.2fx" % f["ratio"]] for f in p["frames"]])
     for s in figures["start"]:
@@ -407,9 +436,8 @@ def report_lines(figures):
                        [[label, "%.1f ms" % c["first_output_ms"], "%.1f ms" % c["exit_ms"],
                          "%.1f MB" % c["peak_rss_mb"], "%.1f ms" % c["warmup_first_output_ms"]]
                         for label, c in s["commands"].items()])
-        lines.append("probe / bare load %.2fx   probe / python -c pass %.2fx   (RSS reads >= the timer's own %.1f MB)"
-                     % (s["ratios"]["probe_to_bare_load"], s["ratios"]["probe_to_python_pass"],
-                        s["timer_peak_rss_mb"]))
+        lines.append("probe / bare load %.2fx   probe / python -c pass %.2fx   (no RSS below the timer's %.1f MB)"
+                     % (s["ratios"]["probe_to_bare_load"], s["ratios"]["probe_to_python_pass"], s["timer_rss_mb"]))
     if figures["size"]:
         lines += ["", "4. size: %s  %d bytes (%.1f KB)"
                   % (figures["size"]["file"], figures["size"]["bytes"], figures["size"]["bytes"] / KB)]
@@ -425,11 +453,12 @@ def report_lines(figures):
 def parse_args(argv):
     """The bench's options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--pyz", default=os.path.join(ROOT, "dist", "kubenetprobe.pyz"), help="the zipapp to measure")
-    p.add_argument("--empty-object", default=os.path.join(ROOT, "build", "empty.bpf.o"),
-                   help="ELF object holding the empty XDP program %s" % EMPTY_PROGRAM)
+    p.add_argument("--pyz", type=os.path.abspath, default=os.path.join(ROOT, "dist", "kubenetprobe.pyz"),
+                   help="the zipapp to measure")
+    p.add_argument("--empty-object", type=os.path.abspath, default=os.path.join(ROOT, "build", "empty.bpf.o"),
+                   help="ELF object holding one empty XDP_PASS program")
     p.add_argument("--command", help="run the probe as INTERPRETER COMMAND... instead of INTERPRETER PYZ, "
-                                     "e.g. '-m probe' (from the checkout)")
+                                     "e.g. --command='-m probe' (from the checkout; mind the =)")
     p.add_argument("-m", "--interpreter", action="append",
                    help="Python to time the starts with; repeat for several (default: the python3 on PATH, "
                         "pyenv shim resolved, and /usr/bin/python3)")
@@ -445,8 +474,8 @@ def probe_argv(args):
     if args.command:
         return shlex.split(args.command)
     if not os.path.isfile(args.pyz):
-        raise RuntimeError("%s does not exist: run `make build`, or pass --command '-m probe'" % args.pyz)
-    return [os.path.abspath(args.pyz)]
+        raise RuntimeError("%s does not exist: run `make build`, or pass --command='-m probe'" % args.pyz)
+    return [args.pyz]
 
 
 def size_of(path):
@@ -460,7 +489,7 @@ def measure(args):
     """Every figure, in one run."""
     probe = probe_argv(args)
     os.chdir(ROOT)  # so `--command '-m probe'` imports the checkout
-    interpreters = [describe_interpreter(p) for p in args.interpreter] if args.interpreter else default_interpreters()
+    interpreters = list(map(describe_interpreter, args.interpreter)) if args.interpreter else default_interpreters()
     engine = LibbpfEngine()
     figures = {"machine": machine_facts(engine), "probe_command": " ".join(probe),
                "program": measure_program(engine, args.empty_object, args.rounds, args.repeat)}
@@ -489,7 +518,7 @@ def main(argv=None):
     except (ProbeError, RuntimeError, OSError, subprocess.CalledProcessError) as e:
         sys.stderr.write("bench: %s\n" % e)
         return 1
-    print(json.dumps(figures, indent=2) if args.json else "\n".join(report_lines(figures)))
+    print(json.dumps(rounded(figures), indent=2) if args.json else "\n".join(report_lines(figures)))
     return 0
 
 
