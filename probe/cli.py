@@ -1,19 +1,16 @@
 """The kubenetprobe command: arguments in, reports out, every failure one line and an exit code."""
 import argparse
 import errno
-import logging
 import os
 import select
 import signal
 import sys
 
 import probe
-from probe import interfaces, link
+from probe import interfaces, link, log
 from probe.errors import ProbeError
 from probe.monitor import NetworkMonitor, Reporter
 from probe.output import Printer
-
-log = logging.getLogger("kubenetprobe")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -100,12 +97,13 @@ class _Stopper(object):
         return self.stopped
 
 
-def _configure_logging(verbose):
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("kubenetprobe: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
-    log.propagate = False
+def _to_stderr(level, text):
+    sys.stderr.write("kubenetprobe: %s\n" % text)
+
+
+def _traceback():
+    import traceback
+    traceback.print_exc()
 
 
 def run(args):
@@ -137,12 +135,12 @@ def _explain(e):
 def main(argv=None):
     """Run the command; returns the exit status."""
     args = parser().parse_args(argv)
-    _configure_logging(args.verbose)
+    log.use_handler(_to_stderr, log.DEBUG if args.verbose else log.INFO)
     try:
         return run(args)
     except ProbeError as e:
         if args.verbose:
-            log.exception("failed")
+            _traceback()
             if e.log:
                 sys.stderr.write(e.log if e.log.endswith("\n") else e.log + "\n")
         sys.stderr.write("kubenetprobe: error: %s\n" % _explain(e))
@@ -153,7 +151,7 @@ def main(argv=None):
         return EXIT_OK
     except Exception as e:  # a bug: still one line, with the traceback under -v
         if args.verbose:
-            log.exception("unexpected failure")
+            _traceback()
         sys.stderr.write("kubenetprobe: error: unexpected %s: %s; run with -v and report it\n"
                          % (type(e).__name__, e))
         return EXIT_FAILURE

@@ -1,16 +1,13 @@
 """The libbpf engine: a ctypes binding to the system's libbpf (1.x, or 0.x from 0.3 on)."""
 import ctypes
 import errno
-import logging
 
+from probe import log
 from probe.engine import Engine, LoadedObject, raise_memlock_limit
 from probe.errors import ProbeError
 from probe.link import permission_error
 
-log = logging.getLogger("kubenetprobe")
-
 SONAMES = ("libbpf.so.1", "libbpf.so.0")
-_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)  # enum libbpf_print_level
 _MAX_ERRNO = 4095
 
 _p = ctypes.c_void_p
@@ -43,7 +40,7 @@ _libc.free.argtypes = [_p]
 
 
 class _Log(object):
-    """Collects libbpf's messages for the call in progress; everything also goes to logging at debug."""
+    """Collects libbpf's messages for the call in progress; every line is also logged at debug level."""
 
     def __init__(self):
         self.lines = []

@@ -1,13 +1,9 @@
 """Attaching an XDP program to an interface through a bpf_link, and what already holds the hook."""
 import errno
-import logging
 import os
 
-from probe import netlink, syscall
+from probe import interfaces, log, netlink, syscall
 from probe.errors import ProbeError
-from probe import interfaces
-
-log = logging.getLogger("kubenetprobe")
 
 MODES = ("auto", "native", "generic")
 _MODE_FLAGS = {"native": syscall.XDP_FLAGS_DRV_MODE, "generic": syscall.XDP_FLAGS_SKB_MODE}
