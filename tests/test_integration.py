@@ -1,7 +1,9 @@
 """The built kubenetprobe.pyz on a veth pair: exact counts against what was sent and the kernel's counters."""
+import json
 import os
 import signal
 import struct
+import subprocess
 import sys
 import time
 
@@ -199,3 +201,46 @@ def test_two_interfaces_count_separately():
             probe.kill()
         assert finals[a.probe_if]["rx"]["l3"]["other"] == {"packets": 3, "bytes": 3 * len(frame)}
         assert finals["knp2"]["rx"]["l3"]["other"] == {"packets": 5, "bytes": 5 * len(frame)}
+
+
+API_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import probe
+with probe.NetworkMonitor() as monitor:
+    attachment = monitor.attach(sys.argv[2], mode="generic")
+    print(attachment.mode, flush=True)
+    sys.stdin.readline()  # the test sends its frames now
+    print(json.dumps(monitor.packet_stats()), flush=True)
+"""
+
+
+def test_python_api(pair):
+    """NetworkMonitor as a script uses it: attach, packet_stats() as plain data, detach on leaving."""
+    script = subprocess.Popen(["ip", "netns", "exec", pair.probe_ns, sys.executable, "-c", API_SCRIPT,
+                               os.path.dirname(os.path.dirname(os.path.abspath(__file__))), pair.probe_if],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        assert script.stdout.readline().strip() == "generic"
+        frame = eth(pair, ETH_P_ARP, b"\0" * 28)
+        pair.send_frames([frame] * 4)
+        settle()
+        script.stdin.write("go\n")
+        script.stdin.flush()
+        stats = json.loads(script.stdout.readline())
+        assert script.wait(timeout=10) == 0
+    finally:
+        if script.poll() is None:
+            script.kill()
+    assert stats[pair.probe_if]["rx"]["l3"]["arp"] == {"packets": 4, "bytes": 4 * len(frame)}
+    assert stats[pair.probe_if]["rx"]["packets"] == 4
+    assert pair.xdp_program() is None
+
+
+def test_closed_pipe_ends_quietly(pair):
+    """`kubenetprobe | head -2`: the probe stops without a traceback and detaches."""
+    result = pair.run(pair.probe_ns, "sh", "-c", '"$@" | head -n 2', "sh", sys.executable, PYZ,
+                      "-i", pair.probe_if, "--interval", "0.01", check=False)
+    assert len(result.stdout.splitlines()) == 2 and result.stdout.startswith("time interface mode")
+    assert result.stderr == ""
+    assert pair.xdp_program() is None
