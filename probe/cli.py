@@ -18,7 +18,9 @@ DESCRIPTION = """\
 Count the packets an interface receives, exactly, with an XDP program in the kernel:
 packets, bytes and rates, broken down by L3 (IPv4, IPv6, ARP) and L4 (TCP, UDP, ICMP) protocol.
 Needs root (or CAP_BPF + CAP_NET_ADMIN). Stop with Ctrl-C: the final report is printed and
-the program detached; nothing stays attached after the probe exits, even if it is killed."""
+the program detached. Attached through a bpf_link (the default where the kernel has XDP links,
+5.9 and newer), nothing stays attached after the probe exits, even if it is killed; attached through
+netlink (older kernels), a killed probe leaves its program behind: `kubenetprobe detach` removes it."""
 
 EPILOG = """\
 examples:
@@ -26,6 +28,7 @@ examples:
   kubenetprobe -i eth0 -i eth1 --interval 5
   kubenetprobe -i eth0 --count 1 --interval 0 --json    one report right after attaching
   kubenetprobe --json | jq .rx.pps
+  kubenetprobe detach -i eth0          remove a program a killed probe left behind (netlink only)
 
 environment:
   NETWORK_INTERFACE   interface to watch when no -i is given
@@ -67,12 +70,35 @@ def parser():
     p.add_argument("--mode", choices=link.MODES, default="auto",
                    help="XDP mode: native (in the driver), generic (in the stack), or auto: native where "
                         "the driver has it, else generic (default)")
+    p.add_argument("--attach", choices=link.METHODS, default="auto", dest="method",
+                   help="how to attach: link (a bpf_link, kernel 5.9+, gone when the probe is), netlink "
+                        "(older kernels), or auto: link where the kernel has it, else netlink (default)")
     p.add_argument("--force", action="store_true",
                    help="replace an XDP program that is already attached (default: refuse)")
     p.add_argument("-v", "--verbose", action="store_true", help="say more; on failure, show the traceback and "
                                                                   "libbpf's or the verifier's log")
     p.add_argument("--version", action="version", version="kubenetprobe " + probe.__version__)
     return p
+
+
+def detach_parser():
+    """The argument parser of `kubenetprobe detach`."""
+    p = argparse.ArgumentParser(prog="kubenetprobe detach",
+                                description="Remove the XDP program that a killed kubenetprobe left on an "
+                                            "interface (possible when it attached through netlink).")
+    p.add_argument("-i", "--interface", action="append", metavar="NAME", required=True,
+                   help="interface to clean; repeat for several")
+    p.add_argument("--force", action="store_true", help="remove the XDP program even if it is not kubenetprobe's")
+    p.add_argument("-v", "--verbose", action="store_true", help="on failure, show the traceback")
+    return p
+
+
+def run_detach(args):
+    """Remove kubenetprobe's program from each interface named."""
+    for name in args.interface:
+        removed = link.detach(name, force=args.force)
+        print("detached XDP program %s from %s" % (removed, name))
+    return EXIT_OK
 
 
 class _Stopper(object):
@@ -113,7 +139,7 @@ def run(args):
     printer = Printer(sys.stdout, json_lines=args.json)
     with NetworkMonitor() as monitor:
         for name in names:
-            monitor.attach(name, mode=args.mode, force=args.force)
+            monitor.attach(name, mode=args.mode, force=args.force, method=args.method)
         reporter = Reporter(monitor)
         done = 0
         while True:
@@ -134,10 +160,14 @@ def _explain(e):
 
 def main(argv=None):
     """Run the command; returns the exit status."""
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["detach"]:
+        args, action = detach_parser().parse_args(argv[1:]), run_detach
+    else:
+        args, action = parser().parse_args(argv), run
     log.use_handler(_to_stderr, log.DEBUG if args.verbose else log.INFO)
     try:
-        return run(args)
+        return action(args)
     except ProbeError as e:
         if args.verbose:
             _traceback()

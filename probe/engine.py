@@ -42,9 +42,9 @@ class LoadedObject(object):
         """BPF_PROG_TEST_RUN: (return value, mean ns) of a program run on one frame."""
         return syscall.prog_test_run(self.program_fd(program_name), frame, repeat)
 
-    def attach_xdp(self, program_name, interface, mode="auto", force=False):
-        """Attach a program to an interface's XDP hook; returns a link.XdpLink."""
-        return link.attach_xdp(self.program_fd(program_name), interface, mode, force)
+    def attach_xdp(self, program_name, interface, mode="auto", force=False, method="auto"):
+        """Attach a program to an interface's XDP hook; returns a link.XdpLink or link.NetlinkXdp."""
+        return link.attach_xdp(self.program_fd(program_name), interface, mode, force, method)
 
     def close(self):
         """Release the programs and maps (attached links keep their program alive)."""

@@ -40,7 +40,10 @@ _libc.free.argtypes = [_p]
 
 
 class _Log(object):
-    """Collects libbpf's messages for the call in progress; every line is also logged at debug level."""
+    """Collects libbpf's messages for the call in progress, and logs them at debug level.
+
+    The verifier's log is only collected: a refusal carries it in its ProbeError, shown once under -v.
+    """
 
     def __init__(self):
         self.lines = []
@@ -56,8 +59,9 @@ class _Log(object):
         finally:
             _libc.free(ctypes.cast(out, _p))
         self.lines.append(text)
-        for line in text.rstrip("\n").splitlines():
-            log.debug("libbpf: %s", line)
+        if not _has_verifier_log(text):
+            for line in text.rstrip("\n").splitlines():
+                log.debug("%s", line)
         return 0
 
     def take(self):
@@ -83,9 +87,22 @@ def _bind(lib, name, restype, argtypes):
     return fn
 
 
+# How libbpf frames the verifier's log: 1.x, and 0.x (which returns -LIBBPF_ERRNO__VERIFY, not EACCES).
+_VERIFIER_LOG_MARKS = (("-- BEGIN PROG LOAD LOG --", "-- END PROG LOAD LOG --"),
+                       ("-- BEGIN DUMP LOG ---", "-- END LOG --"))
+
+
+def _has_verifier_log(text):
+    return any(begin in text for begin, _ in _VERIFIER_LOG_MARKS)
+
+
 def verifier_summary(text):
     """The line of a verifier log that says why it refused: the last one before its statistics."""
-    lines = text.split("-- BEGIN PROG LOAD LOG --")[-1].split("-- END PROG LOAD LOG --")[0].splitlines()
+    for begin, end in _VERIFIER_LOG_MARKS:
+        if begin in text:
+            text = text.split(begin)[-1].split(end)[0]
+            break
+    lines = text.splitlines()
     for line in reversed(lines):
         line = line.strip()
         if line and not line.startswith(("processed ", "verification time", "stack depth", "libbpf:")):
@@ -184,7 +201,7 @@ class LibbpfEngine(Engine):
     def _error(self, what, err):
         text = self._log.take()
         # Checked first: the verifier's refusals come as EACCES too.
-        summary = verifier_summary(text) if "PROG LOAD LOG" in text else None
+        summary = verifier_summary(text) if _has_verifier_log(text) else None
         if summary:
             return ProbeError("the verifier rejected the program: %s" % summary,
                               hint="run with -v for the verifier's log", errno=err, log=text)

@@ -1,7 +1,7 @@
 """Attach lifecycle and counters: the probe on a set of interfaces, and reports of what it counted."""
 import time
 
-from probe import interfaces, layout
+from probe import interfaces, layout, syscall
 from probe.bytecode import embedded_object
 from probe.errors import ProbeError
 
@@ -10,6 +10,18 @@ def open_engine():
     """The engine that loads objects (libbpf, through ctypes)."""
     from probe.libbpf import LibbpfEngine
     return LibbpfEngine()
+
+
+def check_stats_map(obj):
+    """Refuse an object whose stats map is not the one probe/layout.py reads, naming what differs."""
+    info = syscall.map_info(obj.map_fd(layout.STATS_MAP))
+    expected = {"type": syscall.BPF_MAP_TYPE_PERCPU_ARRAY, "key_size": layout.KEY.size,
+                "value_size": layout.STATS.size, "max_entries": len(layout.DIRECTIONS)}
+    differs = ["%s %d, not %d" % (name, getattr(info, name), value)
+               for name, value in sorted(expected.items()) if getattr(info, name) != value]
+    if differs:
+        raise ProbeError("the object's map %s has another layout: %s" % (layout.STATS_MAP, "; ".join(differs)),
+                         hint="rebuild the object from this version's bpf/ (make build-ebpf)")
 
 
 def read_counters(obj, direction="rx", ncpus=None):
@@ -29,6 +41,7 @@ class Attachment(object):
         self.ifindex = link.ifindex
         self.mode = link.mode
         self.hook = link.hook
+        self.method = link.method
         self._ncpus = layout.possible_cpus()
 
     def counters(self, direction="rx"):
@@ -48,14 +61,18 @@ class NetworkMonitor(object):
         self.object_bytes = object_bytes or embedded_object()
         self.attachments = []
 
-    def attach(self, interface, mode="auto", force=False):
-        """Load the program and attach it to an interface's XDP hook; returns the Attachment."""
+    def attach(self, interface, mode="auto", force=False, method="auto"):
+        """Load the program and attach it to an interface's XDP hook; returns the Attachment.
+
+        mode: "native", "generic" or "auto"; method: "link", "netlink" or "auto" (see probe.link).
+        """
         if any(a.interface == interface for a in self.attachments):
             raise ProbeError("%s is named twice" % interface)
         interfaces.ifindex(interface)  # a typo fails here, before anything is loaded
         obj = self.engine.load_bytes(self.object_bytes)
         try:
-            link = obj.attach_xdp(layout.PROGRAM, interface, mode, force)
+            check_stats_map(obj)  # before the first read: a larger value would overrun the read buffer
+            link = obj.attach_xdp(layout.PROGRAM, interface, mode, force, method)
         except Exception:
             obj.close()
             raise
@@ -113,6 +130,8 @@ class Reporter(object):
                 "ifindex": a.ifindex,
                 "hook": a.hook,
                 "mode": a.mode,
+                "loader": self.monitor.engine.name,
+                "attach": a.method,
                 "final": final,
                 "rx": {"packets": rx["packets"], "bytes": rx["bytes"], "pps": rx["pps"], "bps": rx["bps"],
                        "l3": rx["l3"], "l4": rx["l4"]},

@@ -89,7 +89,12 @@ def xdp_program(ifindex):
     return prog_id, XDP_ATTACHED_MODES.get(attached, "unknown")
 
 
+def xdp_attach(ifindex, prog_fd, flags):
+    """Attach a program through netlink with XDP_FLAGS_* (a mode, UPDATE_IF_NOEXIST); fd -1 detaches."""
+    xdp = _attr(IFLA_XDP_FD, struct.pack("=i", prog_fd)) + _attr(IFLA_XDP_FLAGS, struct.pack("=I", flags))
+    _request(RTM_SETLINK, NLM_F_ACK, ifindex, _attr(IFLA_XDP | NLA_F_NESTED, xdp))
+
+
 def xdp_detach(ifindex, mode_flags):
     """Remove the program attached through netlink in the given mode (XDP_FLAGS_*_MODE)."""
-    xdp = _attr(IFLA_XDP_FD, struct.pack("=i", -1)) + _attr(IFLA_XDP_FLAGS, struct.pack("=I", mode_flags))
-    _request(RTM_SETLINK, NLM_F_ACK, ifindex, _attr(IFLA_XDP | NLA_F_NESTED, xdp))
+    xdp_attach(ifindex, -1, mode_flags)

@@ -27,6 +27,9 @@ BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_GET_NEXT_ID = 31
 BPF_LINK_DETACH = 34
 
+# enum bpf_map_type
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+
 # enum bpf_attach_type, enum bpf_link_type
 BPF_XDP = 37
 BPF_LINK_TYPE_XDP = 6
@@ -97,6 +100,12 @@ class ProgInfo(ctypes.Structure):
     ]
 
 
+class MapInfo(ctypes.Structure):
+    """struct bpf_map_info, up to its name."""
+    _fields_ = [("type", _u32), ("id", _u32), ("key_size", _u32), ("value_size", _u32), ("max_entries", _u32),
+                ("map_flags", _u32), ("name", ctypes.c_char * 16)]
+
+
 class LinkInfo(ctypes.Structure):
     """struct bpf_link_info, with the xdp member of its union."""
     _fields_ = [("type", _u32), ("id", _u32), ("prog_id", _u32), ("_pad", _u32), ("ifindex", _u32),
@@ -145,6 +154,11 @@ def _info(fd, info):
 def prog_info(fd):
     """struct bpf_prog_info of a program fd."""
     return _info(fd, ProgInfo())
+
+
+def map_info(fd):
+    """struct bpf_map_info of a map fd."""
+    return _info(fd, MapInfo())
 
 
 def link_info(fd):

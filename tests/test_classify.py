@@ -12,9 +12,10 @@ import pytest
 from probe import bytecode, layout
 from probe.bytecode import embedded_object
 from probe.errors import ProbeError
-from probe.monitor import read_counters
+from probe.monitor import check_stats_map, read_counters
 
 XDP_PASS = 2
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
 OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(bytecode.__file__)), "_bytecode", bytecode.OBJECT)
 
 # Ethertypes
@@ -221,8 +222,11 @@ def obj(engine):
     """A freshly loaded object, so every counter starts at zero."""
     eng, data = engine
     loaded = eng.load_bytes(data)
-    yield loaded
-    loaded.close()
+    try:
+        check_stats_map(loaded)  # before any read: a larger value would overrun read_counters' buffer
+        yield loaded
+    finally:
+        loaded.close()
 
 
 # ------------------------------------------------------------------------------------ classification (root)
@@ -356,7 +360,6 @@ def test_btf_stats_map_matches_layout(btf):
     def pointee(name):  # __uint(name, N) is int (*name)[N]; __type(name, T) is T *name
         return resolve(btf, fields[name][1]["type_id"])
 
-    BPF_MAP_TYPE_PERCPU_ARRAY = 6
     assert pointee("type")["nr_elems"] == BPF_MAP_TYPE_PERCPU_ARRAY
     assert pointee("max_entries")["nr_elems"] == len(layout.DIRECTIONS)
     assert pointee("key")["size"] == layout.KEY.size

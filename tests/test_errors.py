@@ -33,6 +33,31 @@ char LICENSE[] SEC("license") = "GPL";
 """
 
 
+# Verifies fine, but its stats map holds one __u64 instead of struct knp_stats.
+OTHER_LAYOUT = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 2); __type(key, __u32);
+         __type(value, __u64); } knp_stats SEC(".maps");
+SEC("xdp")
+int kubenetprobe_rx(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def compile_bpf(tmp_path, source):
+    """Compile BPF C source into an object, as make build-ebpf does; returns its bytes."""
+    path = tmp_path / "test.bpf.c"
+    path.write_text(source)
+    obj = tmp_path / "test.bpf.o"
+    multiarch = sh("gcc", "-print-multiarch").stdout.strip()
+    sh("clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/" + multiarch, "-c", str(path), "-o", str(obj))
+    return obj.read_bytes()
+
+
 def run_pyz(*args, pyz=PYZ, wrapper=(), ns=None, check_one_line=True):
     """Run the pyz; for failures, check the one-line contract."""
     cmd = (["ip", "netns", "exec", ns] if ns else []) + list(wrapper) + [sys.executable, pyz] + list(args)
@@ -157,12 +182,7 @@ def test_object_that_is_not_elf(tmp_path, pair):
 
 def test_verifier_rejection(tmp_path, pair):
     """One line with the verifier's reason; -v adds the traceback and the verifier's whole log."""
-    source = tmp_path / "bad.bpf.c"
-    source.write_text(UNCHECKED_READ)
-    obj = tmp_path / "bad.bpf.o"
-    multiarch = sh("gcc", "-print-multiarch").stdout.strip()
-    sh("clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/" + multiarch, "-c", str(source), "-o", str(obj))
-    pyz = pyz_with_object(tmp_path, obj.read_bytes())
+    pyz = pyz_with_object(tmp_path, compile_bpf(tmp_path, UNCHECKED_READ))
     result = run_pyz("-i", pair.probe_if, "--count", "1", pyz=pyz, ns=pair.probe_ns)
     assert result.returncode == 1
     assert result.stderr.startswith("kubenetprobe: error: the verifier rejected the program: "), result.stderr
@@ -174,4 +194,14 @@ def test_verifier_rejection(tmp_path, pair):
     assert "Traceback" in verbose.stderr
     assert "processed" in verbose.stderr and "insns" in verbose.stderr  # the verifier's log itself
     assert verbose.stderr.splitlines()[-1] == result.stderr.strip()
+    assert pair.xdp_program() is None
+
+
+def test_object_with_another_map_layout(tmp_path, pair):
+    """Refused before anything is attached or read, naming what differs."""
+    pyz = pyz_with_object(tmp_path, compile_bpf(tmp_path, OTHER_LAYOUT))
+    result = run_pyz("-i", pair.probe_if, "--count", "1", pyz=pyz, ns=pair.probe_ns)
+    assert result.returncode == 1
+    assert result.stderr == ("kubenetprobe: error: the object's map knp_stats has another layout: value_size 8, "
+                             "not 144; rebuild the object from this version's bpf/ (make build-ebpf)\n")
     assert pair.xdp_program() is None

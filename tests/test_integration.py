@@ -67,10 +67,12 @@ def kernel_counters(pair):
     return {"probe": pair.counters(pair.probe_ns, pair.probe_if), "peer": pair.counters(pair.peer_ns, pair.peer_if)}
 
 
+@pytest.mark.parametrize("method", ["link", "netlink"])
 @pytest.mark.parametrize("mode", ["native", "generic"])
-def test_counts_known_traffic_exactly(pair, mode):
+def test_counts_known_traffic_exactly(pair, mode, method):
     """ping, UDP, TCP and raw frames: each class counted exactly, totals equal to the kernel's."""
-    probe = ProbeRun(pair, "-i", pair.probe_if, "--mode", mode, "--interval", "60").wait_attached()
+    probe = ProbeRun(pair, "-i", pair.probe_if, "--mode", mode, "--attach", method, "--interval", "60")
+    probe.wait_attached()
     try:
         before = kernel_counters(pair)
         pair.ping(7)
@@ -106,7 +108,7 @@ def test_counts_known_traffic_exactly(pair, mode):
     assert {k: (v["packets"], v["bytes"]) for k, v in rx["l3"].items()} == expected_l3
     assert_matches_kernel(final, before, after, mode)
     assert final["final"] is True and final["hook"] == "xdp" and final["interface"] == pair.probe_if
-    assert final["mode"] == mode
+    assert (final["mode"], final["attach"], final["loader"]) == (mode, method, "libbpf")
     assert pair.xdp_program() is None, "the probe left its program attached"
 
 
@@ -130,13 +132,42 @@ def test_sigkill_leaves_no_program(pair):
     assert pair.xdp_program() is None
 
 
-def test_sigterm_prints_final_report_and_detaches(pair):
-    probe = ProbeRun(pair, "-i", pair.probe_if, "--interval", "60").wait_attached()
+@pytest.mark.parametrize("method", ["link", "netlink"])
+def test_sigterm_prints_final_report_and_detaches(pair, method):
+    probe = ProbeRun(pair, "-i", pair.probe_if, "--attach", method, "--interval", "60").wait_attached()
     pair.ping(3)
     settle()
     final = probe.stop(signal.SIGTERM)[pair.probe_if]
     assert probe.returncode == 0
     assert final["rx"]["l4"]["icmp"]["packets"] == 3
+    assert pair.xdp_program() is None
+
+
+def test_detach_removes_what_a_killed_netlink_probe_left(pair):
+    """Attached through netlink, SIGKILL leaves the program; `detach` removes it, and only ours."""
+    probe = ProbeRun(pair, "-i", pair.probe_if, "--attach", "netlink", "--interval", "60").wait_attached()
+    probe.proc.send_signal(signal.SIGKILL)
+    probe.proc.wait()
+    left = pair.xdp_program()
+    assert left is not None
+    result = pair.run(pair.probe_ns, sys.executable, PYZ, "detach", "-i", pair.probe_if)
+    assert result.stdout == "detached XDP program id %d (kubenetprobe_rx), native mode from %s\n" % (
+        left, pair.probe_if)
+    assert pair.xdp_program() is None
+    again = pair.run(pair.probe_ns, sys.executable, PYZ, "detach", "-i", pair.probe_if, check=False)
+    assert (again.returncode, again.stderr) == (1, "kubenetprobe: error: %s has no XDP program\n" % pair.probe_if)
+
+
+def test_detach_leaves_other_programs_without_force(pair):
+    pair.run(pair.probe_ns, "ip", "link", "set", "dev", pair.probe_if, "xdpgeneric", "obj", EMPTY_OBJECT,
+             "sec", "xdp")
+    theirs = pair.xdp_program()
+    refused = pair.run(pair.probe_ns, sys.executable, PYZ, "detach", "-i", pair.probe_if, check=False)
+    assert refused.returncode == 1
+    assert refused.stderr == ("kubenetprobe: error: the XDP program on %s is not kubenetprobe's: id %d (xdp_empty), "
+                              "generic mode; --force removes it anyway\n" % (pair.probe_if, theirs))
+    assert pair.xdp_program() == theirs
+    pair.run(pair.probe_ns, sys.executable, PYZ, "detach", "-i", pair.probe_if, "--force")
     assert pair.xdp_program() is None
 
 

@@ -22,7 +22,7 @@ def counters(packets_by_l3, bytes_per_packet=100, l4=None):
 
 
 class FakeAttachment(object):
-    interface, ifindex, mode, hook = "eth0", 2, "generic", "xdp"
+    interface, ifindex, mode, hook, method = "eth0", 2, "generic", "xdp", "netlink"
 
     def __init__(self):
         self.values = []
@@ -32,8 +32,13 @@ class FakeAttachment(object):
         return self.values.pop(0)
 
 
+class FakeEngine(object):
+    name = "libbpf"
+
+
 class FakeMonitor(object):
     def __init__(self):
+        self.engine = FakeEngine()
         self.attachments = [FakeAttachment()]
 
 
@@ -83,8 +88,8 @@ class RecordingMonitor(object):
     def __exit__(self, *exc):
         pass
 
-    def attach(self, name, mode, force):
-        self.attached.append((name, mode, force))
+    def attach(self, name, mode, force, method):
+        self.attached.append((name, mode, force, method))
         raise ProbeError("stop here")
 
 
@@ -97,14 +102,14 @@ def recording(monkeypatch):
 
 def test_interface_from_environment(recording, monkeypatch):
     monkeypatch.setenv("NETWORK_INTERFACE", "veth7")
-    assert cli.main(["--mode", "native", "--force"]) == cli.EXIT_FAILURE
-    assert RecordingMonitor.last.attached == [("veth7", "native", True)]
+    assert cli.main(["--mode", "native", "--force", "--attach", "netlink"]) == cli.EXIT_FAILURE
+    assert RecordingMonitor.last.attached == [("veth7", "native", True, "netlink")]
 
 
 def test_interface_from_default_route(recording, monkeypatch):
     monkeypatch.delenv("NETWORK_INTERFACE", raising=False)
     assert cli.main([]) == cli.EXIT_FAILURE
-    assert RecordingMonitor.last.attached == [("eth-default", "auto", False)]
+    assert RecordingMonitor.last.attached == [("eth-default", "auto", False, "auto")]
 
 
 # Errors: one line, traceback only under -v
@@ -158,9 +163,10 @@ def test_report_shape_and_rates(monkeypatch):
     second, = reporter.reports(final=True)
     assert second["rx"]["pps"] == 20.0 and second["rx"]["bps"] == 8 * 2000.0
     assert second["time"] == "2023-11-14T22:13:20.250Z"
-    assert set(second) == {"time", "interface", "ifindex", "hook", "mode", "final", "rx"}
+    assert set(second) == {"time", "interface", "ifindex", "hook", "mode", "loader", "attach", "final", "rx"}
     assert (second["interface"], second["ifindex"], second["hook"], second["mode"], second["final"]) == \
         ("eth0", 2, "xdp", "generic", True)
+    assert (second["loader"], second["attach"]) == ("libbpf", "netlink")
     rx = second["rx"]
     assert set(rx) == {"packets", "bytes", "pps", "bps", "l3", "l4"}
     assert list(rx["l3"]) == ["ipv4", "ipv6", "arp", "other"]
@@ -329,8 +335,30 @@ libbpf: failed to load program 'kubenetprobe_rx'
 """
 
 
-def test_verifier_summary():
-    assert verifier_summary(VERIFIER_LOG) == "R1 offset is outside of the packet"
+# libbpf 0.x frames the log differently and returns its own error code, LIBBPF_ERRNO__VERIFY.
+VERIFIER_LOG_0X = """libbpf: load bpf program failed: Permission denied
+libbpf: -- BEGIN DUMP LOG ---
+libbpf: 
+0: (61) r1 = *(u32 *)(r1 +0)
+1: (71) r1 = *(u8 *)(r1 +100)
+invalid access to packet, off=100 size=1, R1(id=0,off=100,r=0)
+R1 offset is outside of the packet
+processed 2 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0
+
+libbpf: -- END LOG --
+libbpf: failed to load program 'kubenetprobe_rx'
+"""
+
+
+@pytest.mark.parametrize("text", [VERIFIER_LOG, VERIFIER_LOG_0X], ids=["libbpf-1.x", "libbpf-0.x"])
+def test_verifier_summary(text):
+    assert verifier_summary(text) == "R1 offset is outside of the packet"
+
+
+def test_verifier_rejection_on_libbpf_0x(engine):
+    engine._log.lines = [VERIFIER_LOG_0X]
+    e = engine._error("the kernel refused to load the program", 4007)
+    assert e.message == "the verifier rejected the program: R1 offset is outside of the packet"
 
 
 def test_verifier_rejection_beats_eacces(engine):
