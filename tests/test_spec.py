@@ -1,0 +1,535 @@
+"""The parsing layer of the native engine: ELF, BTF and ObjectSpec, on the project's object and on damaged ones.
+
+No privileges, no kernel. bpftool, llvm-objdump and clang (installed by `make deps`) serve as references.
+"""
+import os
+import random
+import re
+import shutil
+import struct
+import subprocess
+import threading
+
+import pytest
+
+from probe import btf, elf, layout, spec
+from probe.errors import ProbeError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OBJECT = os.path.join(ROOT, "probe", "_bytecode", "kubenetprobe.bpf.o")
+SOURCE = os.path.join(ROOT, "bpf", "kubenetprobe.bpf.c")
+
+
+@pytest.fixture(scope="module")
+def data():
+    if not os.path.exists(OBJECT):
+        pytest.skip("no %s: run `make build-ebpf`" % OBJECT)
+    with open(OBJECT, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def objspec(data):
+    return spec.read_object(data)
+
+
+def tool(name):
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip("%s is not installed (make deps)" % name)
+    return path
+
+
+def run(*argv):
+    return subprocess.run(argv, check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout
+
+
+def guarded(parse, data, timeout=10):
+    """(result, ProbeError) of parse(data) in a thread: any other exception is raised, a hang fails."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["result"] = parse(data)
+        except ProbeError as e:
+            outcome["error"] = e
+        except BaseException as e:  # handed to the test's thread below
+            outcome["unexpected"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "parsing hung (more than %d s)" % timeout
+    if "unexpected" in outcome:
+        raise outcome["unexpected"]
+    return outcome.get("result"), outcome.get("error")
+
+
+def probe_error(parse, data):
+    """The ProbeError parse(data) raises; fails if it succeeds, raises anything else or hangs."""
+    result, error = guarded(parse, data)
+    assert error is not None, "expected a ProbeError, got %r" % (result,)
+    assert str(error)
+    return str(error)
+
+
+def section_bounds(data, name):
+    section = elf.ElfFile(data).section_by_name(name)
+    return section.offset, section.offset + section.size
+
+
+def raw_sh_name(data, index):
+    """sh_name of a section header: where its name starts in the section name table."""
+    shoff = struct.unpack_from("<Q", data, 40)[0]
+    return struct.unpack_from("<I", data, shoff + index * elf.SHDR_SIZE)[0]
+
+
+# The project's object
+
+def test_stats_map(objspec):
+    assert sorted(objspec.maps) == [layout.STATS_MAP]
+    m = objspec.maps[layout.STATS_MAP]
+    assert m.name == layout.STATS_MAP
+    assert m.type == spec.BPF_MAP_TYPE_PERCPU_ARRAY == 6
+    assert m.key_size == layout.KEY.size == 4
+    assert m.value_size == layout.STATS.size
+    assert m.max_entries == len(layout.DIRECTIONS)
+    assert m.flags == 0
+
+
+def test_stats_map_btf_ids(objspec):
+    types = btf.parse_btf(objspec.btf)
+    m = objspec.maps[layout.STATS_MAP]
+    key, value = types.type_by_id(m.btf_key_type_id), types.type_by_id(m.btf_value_type_id)
+    assert (key.kind, key.name) == (btf.BTF_KIND_TYPEDEF, "__u32")
+    assert (value.kind, value.name) == (btf.BTF_KIND_STRUCT, "knp_stats")
+    assert types.size_of(key.id) == m.key_size and types.size_of(value.id) == m.value_size
+
+
+def test_stats_layout_matches_btf(objspec):
+    """probe/layout.py mirrors struct knp_stats: l3 and l4 arrays of (packets, bytes) __u64 pairs."""
+    types = btf.parse_btf(objspec.btf)
+    stats = types.type_by_id(objspec.maps[layout.STATS_MAP].btf_value_type_id)
+    assert [(m.name, m.bit_offset) for m in stats.members] == [("l3", 0), ("l4", len(layout.L3) * 16 * 8)]
+    l3, l4 = (types.type_by_id(m.type).array for m in stats.members)
+    assert (l3.nelems, l4.nelems) == (len(layout.L3), len(layout.L4))
+    counter = types.type_by_id(l3.type)
+    assert [m.name for m in counter.members] == ["packets", "bytes"]
+    assert all(types.size_of(m.type) == 8 for m in counter.members)
+
+
+def test_program(objspec):
+    assert sorted(objspec.programs) == [layout.PROGRAM]
+    prog = objspec.programs[layout.PROGRAM]
+    assert (prog.name, prog.section, prog.offset) == (layout.PROGRAM, "xdp", 0)
+    assert prog.prog_type == spec.BPF_PROG_TYPE_XDP == 6
+    assert prog.instructions and len(prog.instructions) % 8 == 0
+    assert prog.map_relocations
+    for index, name in prog.map_relocations:
+        assert name == layout.STATS_MAP
+        assert prog.instructions[index * 8] == spec.BPF_LD_IMM64
+        assert (index + 2) * 8 <= len(prog.instructions)
+
+
+def test_license_and_btf_sections(objspec, data):
+    assert objspec.license == "Dual BSD/GPL"
+    assert objspec.byteorder == "little"
+    f = elf.ElfFile(data)
+    assert objspec.btf_ext == f.section_data(f.section_by_name(".BTF.ext"))
+    assert len(objspec.btf) == f.section_by_name(".BTF").size
+
+
+def test_relocations_match_llvm_objdump(objspec, data):
+    text = run(tool("llvm-objdump"), "-r", OBJECT)
+    expected = set()
+    section = None
+    for line in text.splitlines():
+        header = re.match(r"RELOCATION RECORDS FOR \[(.*)\]:", line)
+        if header:
+            section = header.group(1)
+            continue
+        record = re.match(r"([0-9a-f]{16}) (\S+)\s+(\S+)", line)
+        if record and section in {p.section for p in objspec.programs.values()}:
+            expected.add((section, int(record.group(1), 16), record.group(2), record.group(3)))
+    ours = {(p.section, p.offset + 8 * index, "R_BPF_64_64", name)
+            for p in objspec.programs.values() for index, name in p.map_relocations}
+    assert ours == expected and expected
+
+
+def test_btf_types_match_bpftool(data):
+    f = elf.ElfFile(data)
+    types = btf.parse_btf(f.section_data(f.section_by_name(".BTF")))
+    text = run(tool("bpftool"), "btf", "dump", "file", OBJECT, "format", "raw")
+    expected = [(int(m.group(1)), m.group(2), m.group(3))
+                for m in re.finditer(r"^\[(\d+)\] (\w+) '([^']*)'", text, re.M)]
+    ours = [(t.id, t.kind_name, t.name or "(anon)") for t in types.types[1:]]
+    assert ours == expected
+    # Sizes bpftool prints for sized kinds, and the element counts of arrays.
+    for m in re.finditer(r"^\[(\d+)\] (?:STRUCT|UNION|INT|ENUM|DATASEC) '[^']*' size=(\d+)", text, re.M):
+        assert types.type_by_id(int(m.group(1))).size == int(m.group(2))
+    for m in re.finditer(r"^\[(\d+)\] ARRAY '[^']*' type_id=(\d+) index_type_id=(\d+) nr_elems=(\d+)", text, re.M):
+        a = types.type_by_id(int(m.group(1))).array
+        assert (a.type, a.index_type, a.nelems) == tuple(int(g) for g in m.groups()[1:])
+
+
+def test_btf_fixup(objspec, data, tmp_path):
+    """As libbpf: clang leaves DATASEC sizes and offsets 0, the loader takes them from the ELF."""
+    f = elf.ElfFile(data)
+    raw = btf.parse_btf(f.section_data(f.section_by_name(".BTF")))
+    fixed = btf.parse_btf(objspec.btf)
+    symbols = {s.name: s for s in f.symbols()}
+    datasecs = [t for t in raw.types if t.kind == btf.BTF_KIND_DATASEC]
+    assert sorted(t.name for t in datasecs) == [".maps", "license"]
+    for before in datasecs:
+        after = fixed.type_by_id(before.id)
+        assert before.size == 0
+        assert after.size == f.section_by_name(before.name).size
+        for info in after.vars:
+            var = fixed.type_by_id(info.type)
+            assert info.offset == symbols[var.name].value
+            assert info.size == symbols[var.name].size == fixed.size_of(var.id)
+    path = tmp_path / "fixed.btf"
+    path.write_bytes(objspec.btf)
+    text = run(tool("bpftool"), "btf", "dump", "file", str(path), "format", "raw")
+    assert "DATASEC '.maps' size=32 vlen=1" in text
+    assert "DATASEC 'license' size=13 vlen=1" in text
+
+
+def test_fixup_fills_sorts_and_hides():
+    # [1] int, [2] VAR a, [3] VAR b, [4] DATASEC '.data' listing b then a, size and offsets 0 as clang leaves them
+    strings = b"\0int\0a\0b\0.data\0"
+    types = (type_record(1, btf.BTF_KIND_INT, 0, 4) + struct.pack("<I", 32)
+             + type_record(5, btf.BTF_KIND_VAR, 0, 1) + struct.pack("<I", btf.BTF_VAR_GLOBAL_ALLOCATED)
+             + type_record(7, btf.BTF_KIND_VAR, 0, 1) + struct.pack("<I", btf.BTF_VAR_GLOBAL_ALLOCATED)
+             + type_record(9, btf.BTF_KIND_DATASEC, 2, 0) + struct.pack("<IIIIII", 3, 0, 4, 2, 0, 4))
+    raw = btf.parse_btf(make_btf(types, strings))
+    fixed = btf.parse_btf(btf.fixup_datasecs(raw, {".data": 8}, {"a": 4, "b": 0}, hidden={"b"}))
+    datasec = fixed.type_by_id(4)
+    assert datasec.size == 8
+    assert [(v.type, v.offset, v.size) for v in datasec.vars] == [(3, 0, 4), (2, 4, 4)]
+    assert (fixed.type_by_id(2).linkage, fixed.type_by_id(3).linkage) == (btf.BTF_VAR_GLOBAL_ALLOCATED,
+                                                                          btf.BTF_VAR_STATIC)
+    assert "no ELF symbol for variable 'a'" in probe_error(
+        lambda t: btf.fixup_datasecs(t, {".data": 8}, {"b": 0}), raw)
+    assert "DATASEC '.data': no ELF section" in probe_error(lambda t: btf.fixup_datasecs(t, {}, {}), raw)
+    assert "variable 'a' at 6 (4 bytes) is outside its section" in probe_error(
+        lambda t: btf.fixup_datasecs(t, {".data": 8}, {"a": 6, "b": 0}), raw)
+
+
+def test_size_of_resolves_typedefs_qualifiers_and_arrays():
+    strings = b"\0int\0myint\0"
+    types = (type_record(1, btf.BTF_KIND_INT, 0, 4) + struct.pack("<I", 32)   # [1] int
+             + type_record(5, btf.BTF_KIND_TYPEDEF, 0, 1)                     # [2] typedef int myint
+             + type_record(0, btf.BTF_KIND_CONST, 0, 2)                       # [3] const myint
+             + type_record(0, btf.BTF_KIND_VOLATILE, 0, 3)                    # [4] volatile const myint
+             + type_record(0, btf.BTF_KIND_ARRAY, 0, 0) + struct.pack("<III", 4, 1, 3)  # [5] [3]
+             + type_record(0, btf.BTF_KIND_ARRAY, 0, 0) + struct.pack("<III", 5, 1, 2)  # [6] [2][3]
+             + type_record(0, btf.BTF_KIND_PTR, 0, 6))                        # [7] pointer
+    types_btf = btf.parse_btf(make_btf(types, strings))
+    assert [types_btf.size_of(i) for i in range(1, 8)] == [4, 4, 4, 4, 12, 24, 8]
+    assert types_btf.skip_modifiers(4).name == "int"
+    assert "has no size" in probe_error(types_btf.size_of, 0)
+
+
+# Damaged objects
+
+def test_truncated_everywhere(data):
+    lengths = list(range(0, len(data), 37)) + [len(data) - 1]
+    for length in lengths:
+        result, error = guarded(spec.read_object, data[:length])
+        if error is None:
+            assert isinstance(result, spec.ObjectSpec)  # a prefix that happens to be complete
+            continue
+        assert re.search(r"truncated|not an ELF", str(error)), (length, str(error))
+
+
+def test_wrong_machine(data):
+    patched = bytearray(data)
+    struct.pack_into("<H", patched, 18, 62)  # e_machine = EM_X86_64
+    assert "not a BPF object: machine 62" in probe_error(spec.read_object, bytes(patched))
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x7fEL", b"hello, world", b"#!/bin/sh\n" * 20, b"\0" * 64])
+def test_not_elf(blob):
+    assert "not an ELF object" in probe_error(spec.read_object, blob)
+
+
+def test_32_bit_class(data):
+    patched = bytearray(data)
+    patched[elf.EI_CLASS] = elf.ELFCLASS32
+    assert "ELF class 1 (expected ELFCLASS64" in probe_error(spec.read_object, bytes(patched))
+
+
+def test_relocation_to_missing_map_by_symbol_index(data):
+    f = elf.ElfFile(data)
+    license_index = [s.index for s in f.symbols() if s.name == "LICENSE"][0]
+    rel_section = f.section_by_name(".relxdp")
+    patched = bytearray(data)
+    # The first Elf64_Rel's r_info: symbol index in the top 32 bits, type in the bottom 32.
+    struct.pack_into("<Q", patched, rel_section.offset + 8, license_index << 32 | elf.R_BPF_64_64)
+    message = probe_error(spec.read_object, bytes(patched))
+    assert "relocation to missing map 'LICENSE'" in message
+    assert "program 'kubenetprobe_rx' instruction 6" in message
+
+
+def test_relocation_to_missing_map_by_symbol_name(data):
+    start, end = section_bounds(data, ".strtab")
+    at = data.index(b"\0knp_stats\0", start, end) + 1
+    patched = data[:at] + b"xnp_stats" + data[at + len(b"knp_stats"):]
+    assert "relocation to missing map 'xnp_stats'" in probe_error(spec.read_object, patched)
+
+
+def test_relocation_not_on_ld_imm64(data, objspec):
+    index = objspec.programs[layout.PROGRAM].map_relocations[0][0]
+    start, _ = section_bounds(data, "xdp")
+    patched = bytearray(data)
+    patched[start + 8 * index] = 0xb7  # mov r, imm
+    assert "not a whole ld_imm64" in probe_error(spec.read_object, bytes(patched))
+
+
+def test_unknown_program_section(data):
+    f = elf.ElfFile(data)
+    names = f.section_by_name(".strtab")
+    section = f.section_by_name("xdp")
+    # The name may be the tail of ".relxdp": overwrite it where the section header points.
+    at = names.offset + raw_sh_name(data, section.index)
+    assert data[at:at + 4] == b"xdp\0"
+    patched = data[:at] + b"tcx" + data[at + 3:]
+    assert "section 'tcx': unknown program type" in probe_error(spec.read_object, patched)
+
+
+def test_btf_header_lying_about_lengths(data):
+    start, end = section_bounds(data, ".BTF")
+    for field, what in ((12, "type section"), (20, "string section")):  # type_len, str_len
+        patched = bytearray(data)
+        length = struct.unpack_from("<I", patched, start + field)[0]
+        struct.pack_into("<I", patched, start + field, length + 1000)
+        message = probe_error(spec.read_object, bytes(patched))
+        assert "malformed BTF: %s" % what in message and "runs past the end" in message
+
+
+def test_btf_lengths_lying_in_a_tiny_blob():
+    good = make_btf(type_record(1, btf.BTF_KIND_INT, 0, 4) + struct.pack("<I", 32), b"\0int\0")
+    assert btf.parse_btf(good).type_by_id(1).name == "int"
+    for field, value, expected in ((8, 0xffffffff, "type section"), (12, 13, "type section"),
+                                   (16, 1 << 31, "string section"), (20, 6, "string section"),
+                                   (4, 1 << 20, "header length")):
+        blob = bytearray(good)
+        struct.pack_into("<I", blob, field, value)
+        assert expected in probe_error(btf.parse_btf, bytes(blob))
+    assert "not BTF: magic" in probe_error(btf.parse_btf, b"\0" * 32)
+    assert "truncated BTF" in probe_error(btf.parse_btf, good[:10])
+
+
+# BTF type loops, in blobs built by hand
+
+def type_record(name_off, kind, vlen, size_or_type, kind_flag=0):
+    return struct.pack("<III", name_off, kind_flag << 31 | kind << 24 | vlen, size_or_type)
+
+
+def make_btf(types, strings):
+    """A little-endian BTF blob: header, type section, string section."""
+    header = struct.pack("<HBBIIIII", btf.BTF_MAGIC, btf.BTF_VERSION, 0, btf.HEADER_SIZE,
+                         0, len(types), len(types), len(strings))
+    return header + types + strings
+
+
+def test_typedef_to_itself():
+    blob = make_btf(type_record(1, btf.BTF_KIND_TYPEDEF, 0, 1), b"\0a\0")
+    message = probe_error(btf.parse_btf, blob)
+    assert message == "BTF type loop: [1] TYPEDEF 'a' -> [1] TYPEDEF 'a'"
+
+
+def test_two_typedef_cycle():
+    blob = make_btf(type_record(1, btf.BTF_KIND_TYPEDEF, 0, 2) + type_record(3, btf.BTF_KIND_TYPEDEF, 0, 1),
+                    b"\0a\0b\0")
+    message = probe_error(btf.parse_btf, blob)
+    assert message == "BTF type loop: [1] TYPEDEF 'a' -> [2] TYPEDEF 'b' -> [1] TYPEDEF 'a'"
+
+
+def test_loop_through_pointer_const_and_array():
+    blob = make_btf(type_record(0, btf.BTF_KIND_PTR, 0, 2) + type_record(0, btf.BTF_KIND_CONST, 0, 3)
+                    + type_record(0, btf.BTF_KIND_ARRAY, 0, 0) + struct.pack("<III", 1, 0, 4), b"\0")
+    assert probe_error(btf.parse_btf, blob).startswith("BTF type loop: [1] PTR '' -> [2] CONST '' -> [3] ARRAY")
+
+
+def test_self_referencing_struct_is_no_loop():
+    # struct list { struct list *next; }: a pointer back to a struct is how C says it, not a loop.
+    strings = b"\0list\0next\0"
+    blob = make_btf(type_record(1, btf.BTF_KIND_STRUCT, 1, 8) + struct.pack("<III", 6, 2, 0)
+                    + type_record(0, btf.BTF_KIND_PTR, 0, 1), strings)
+    types = btf.parse_btf(blob)
+    assert types.size_of(1) == 8 and types.size_of(2) == 8
+    assert types.type_by_id(1).members[0].name == "next"
+
+
+def test_reference_past_the_last_type():
+    blob = make_btf(type_record(1, btf.BTF_KIND_TYPEDEF, 0, 7), b"\0a\0")
+    assert "refers to type [7], past the last type [1]" in probe_error(btf.parse_btf, blob)
+
+
+# Random damage: a spec or a ProbeError, never another exception, never a hang
+
+def mutations(data, regions, count, seed):
+    rng = random.Random(seed)
+    for _ in range(count):
+        blob = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            start, end = rng.choice(regions)
+            at = rng.randrange(start, end)
+            if rng.random() < 0.3 and at + 4 <= len(blob):
+                struct.pack_into("<I", blob, at, rng.choice((0, 0xffffffff, 0x7fffffff, rng.getrandbits(32))))
+            else:
+                blob[at] = rng.getrandbits(8)
+        yield bytes(blob)
+
+
+def test_random_byte_flips(data):
+    f = elf.ElfFile(data)
+    # Half anywhere, half where the parser looks: headers, section headers, symbols, strings, BTF, code, relocations.
+    parsed = [(0, elf.EHDR_SIZE), (f.header.e_shoff, f.header.e_shoff + f.header.e_shnum * elf.SHDR_SIZE)]
+    parsed += [section_bounds(data, name) for name in (".symtab", ".strtab", ".BTF", ".relxdp", ".maps", "license")]
+    outcomes = {"spec": 0, "error": 0}
+    for regions in ([(0, len(data))], parsed):
+        for blob in mutations(data, regions, 200, seed=len(regions)):
+            result, error = guarded(spec.read_object, blob)
+            assert error is not None or isinstance(result, spec.ObjectSpec)
+            outcomes["spec" if error is None else "error"] += 1
+    assert outcomes["error"] > 50  # the damage did reach the parser
+
+
+def test_random_btf_damage(data):
+    f = elf.ElfFile(data)
+    raw = f.section_data(f.section_by_name(".BTF"))
+
+    def parse_and_walk(blob):
+        types = btf.parse_btf(blob)
+        for t in types.types[1:]:
+            try:
+                types.size_of(t.id)
+            except ProbeError as e:
+                assert "has no size" in str(e) or "too large" in str(e)
+        return types
+
+    for blob in mutations(raw, [(0, len(raw))], 300, seed=7):
+        guarded(parse_and_walk, blob)
+
+
+# Objects compiled here, with clang: several programs and maps, and big-endian BPF
+
+MULTI = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} first SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8);
+	__uint(key_size, 4);
+	__uint(value_size, 8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} second SEC(".maps");
+
+static __always_inline int bump(void *map)
+{
+	__u32 key = 0;
+	__u64 *value = bpf_map_lookup_elem(map, &key);
+
+	if (value)
+		(*value)++;
+	return XDP_PASS;
+}
+
+SEC("xdp") int prog_a(struct xdp_md *ctx) { return bump(&first); }
+SEC("xdp") int prog_b(struct xdp_md *ctx) { bump(&second); return bump(&first); }
+SEC("xdp/other") int prog_c(struct xdp_md *ctx) { return bump(&second); }
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def compile_bpf(tmp_path, source_path, target="bpf"):
+    clang = tool("clang")
+    multiarch = subprocess.run(["gcc", "-print-multiarch"], stdout=subprocess.PIPE,
+                               universal_newlines=True).stdout.strip()
+    out = str(tmp_path / ("%s.%s.o" % (os.path.basename(source_path), target)))
+    subprocess.run([clang, "-O2", "-g", "-target", target, "-I/usr/include/" + multiarch, "-I" + ROOT + "/bpf",
+                    "-c", source_path, "-o", out], check=True)
+    with open(out, "rb") as f:
+        return out, f.read()
+
+
+def test_several_programs_and_maps(tmp_path):
+    source = tmp_path / "multi.bpf.c"
+    source.write_text(MULTI)
+    path, blob = compile_bpf(tmp_path, str(source))
+    s = spec.read_object(blob)
+    first, second = s.maps["first"], s.maps["second"]
+    assert (first.type, first.key_size, first.value_size, first.max_entries, first.flags) == (2, 4, 8, 1, 0)
+    assert first.btf_key_type_id and first.btf_value_type_id
+    assert (second.type, second.key_size, second.value_size, second.max_entries, second.flags) == (1, 4, 8, 8, 1)
+    assert (second.btf_key_type_id, second.btf_value_type_id) == (0, 0)
+    assert sorted(s.programs) == ["prog_a", "prog_b", "prog_c"]
+    a, b, c = (s.programs[n] for n in ("prog_a", "prog_b", "prog_c"))
+    assert (a.section, b.section, c.section) == ("xdp", "xdp", "xdp/other")
+    assert a.offset == 0 and b.offset == len(a.instructions) and c.offset == 0
+    assert [n for _, n in a.map_relocations] == ["first"]
+    assert [n for _, n in b.map_relocations] == ["second", "first"]
+    assert [n for _, n in c.map_relocations] == ["second"]
+    for p in (a, b, c):
+        assert p.prog_type == spec.BPF_PROG_TYPE_XDP
+        assert all(p.instructions[8 * i] == spec.BPF_LD_IMM64 for i, _ in p.map_relocations)
+    # The same relocations as llvm-objdump's, counted from each section's start.
+    text = run(tool("llvm-objdump"), "-r", path)
+    expected = {(sec, int(off, 16), sym) for sec, body in re.findall(r"RELOCATION RECORDS FOR \[(.*?)\]:\n(.*?)\n\n",
+                                                                       text + "\n\n", re.S)
+                if sec in ("xdp", "xdp/other")
+                for off, sym in re.findall(r"^([0-9a-f]{16}) R_BPF_64_64\s+(\S+)", body, re.M)}
+    ours = {(p.section, p.offset + 8 * i, n) for p in (a, b, c) for i, n in p.map_relocations}
+    assert ours == expected and len(ours) == 4
+
+
+def test_unknown_program_type_compiled(tmp_path):
+    source = tmp_path / "tc.bpf.c"
+    source.write_text('#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n'
+                      'SEC("tc") int classify(struct __sk_buff *skb) { return 0; }\n'
+                      'char LICENSE[] SEC("license") = "GPL";\n')
+    _, blob = compile_bpf(tmp_path, str(source))
+    assert "section 'tc': unknown program type" in probe_error(spec.read_object, blob)
+
+
+@pytest.mark.parametrize("members, expected", [
+    ("__uint(pinning, LIBBPF_PIN_BY_NAME);", "map 'bad': member 'pinning' is not supported"),
+    ("__uint(key_size, 8);", "map 'bad': key_size 8 disagrees with the size of its key type, 4"),
+])
+def test_bad_map_definitions(tmp_path, members, expected):
+    source = tmp_path / "bad.bpf.c"
+    source.write_text('#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n'
+                      'struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32);\n'
+                      '         __type(value, __u64); %s } bad SEC(".maps");\n'
+                      'SEC("xdp") int prog(struct xdp_md *ctx)\n'
+                      '{ return bpf_map_lookup_elem(&bad, &(__u32){0}) != 0; }\n'
+                      'char LICENSE[] SEC("license") = "GPL";\n' % members)
+    _, blob = compile_bpf(tmp_path, str(source))
+    assert expected in probe_error(spec.read_object, blob)
+
+
+def test_big_endian_object(tmp_path, objspec):
+    _, blob = compile_bpf(tmp_path, SOURCE, target="bpfeb")
+    assert blob[elf.EI_DATA] == elf.ELFDATA2MSB
+    s = spec.read_object(blob)
+    assert s.byteorder == "big" and s.license == objspec.license
+    for name, m in objspec.maps.items():
+        assert repr(s.maps[name]) == repr(m)
+    for name, p in objspec.programs.items():
+        assert s.programs[name].map_relocations == p.map_relocations
+        assert len(s.programs[name].instructions) == len(p.instructions)
+    fixed = btf.parse_btf(s.btf)
+    assert fixed.byteorder == ">"
+    assert fixed.find(".maps", btf.BTF_KIND_DATASEC).size == 32
