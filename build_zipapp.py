@@ -7,14 +7,17 @@ running, which dies on a read-only HOME and trusts a cache folder someone else m
 imports the pure-Python package straight from the archive instead, writing nothing anywhere.
 
 Imported from a zip, Python compiles every module at every start, so the archive also carries the
-modules compiled by the building Python (hash-checked .pyc beside each .py, which shiv leaves out):
-that Python's version starts faster, and every other version reads the sources as before.
+modules of a usual start (the command and the libbpf engine) compiled by the building Python:
+hash-checked .pyc beside their .py, which shiv leaves out. That Python's version starts faster; every
+other version, and the native loader's modules (used where libbpf is missing), read the sources. The
+native loader's bytecode would add half again to the file's size for starts that are rarer.
 """
 import argparse
 import hashlib
 import os
 import py_compile
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,10 +90,20 @@ def build(output):
     os.chmod(str(output), 0o755)
 
 
+def start_modules(site_packages):
+    """The package's modules that a usual start imports: the command's, and the libbpf engine's."""
+    code = ("import sys; sys.path.insert(0, '.'); import probe.cli, probe.libbpf; "
+            "print(' '.join(m for m in sys.modules if m.startswith('probe')))")
+    names = subprocess.run([sys.executable, "-I", "-c", code], cwd=str(site_packages), check=True,
+                           stdout=subprocess.PIPE, universal_newlines=True).stdout.split()
+    return [site_packages / (name.replace(".", "/") + ("/__init__.py" if name == "probe" else ".py"))
+            for name in names]
+
+
 def add_bytecode(output, site_packages, scratch, date_time):
-    """Append a hash-checked .pyc of each module, compiled by this Python, beside its source."""
+    """Append a hash-checked .pyc of each module of a usual start, compiled by this Python, beside its source."""
     with zipfile.ZipFile(str(output), "a", compression=zipfile.ZIP_DEFLATED) as archive:
-        for source in sorted(site_packages.rglob("*.py")):
+        for source in sorted(start_modules(site_packages)):
             name = source.relative_to(site_packages).as_posix()
             compiled = scratch / (name + "c")
             py_compile.compile(str(source), cfile=str(compiled), dfile=name, doraise=True,

@@ -9,10 +9,13 @@ import sys
 import probe
 from probe import interfaces, link, log
 from probe.errors import ProbeError
-from probe.monitor import NetworkMonitor, Reporter
+from probe.monitor import LOADERS, NetworkMonitor, Reporter
 from probe.output import Printer
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+# $EBPF_IMPLEMENTATION, the original project's loader names -> ours.
+ORIGINAL_LOADERS = {"cilium": "native", "libbpfgo": "libbpf", "embedded": "auto"}
 
 DESCRIPTION = """\
 Count the packets an interface receives, exactly, with an XDP program in the kernel:
@@ -31,7 +34,10 @@ examples:
   kubenetprobe detach -i eth0          remove a program a killed probe left behind (netlink only)
 
 environment:
-  NETWORK_INTERFACE   interface to watch when no -i is given
+  NETWORK_INTERFACE     interface to watch when no -i is given
+  KUBENETPROBE_LOADER   loader when no --loader is given: auto, libbpf or native
+  EBPF_IMPLEMENTATION   the original project's loader names: cilium (native), libbpfgo (libbpf),
+                        embedded (auto)
 
 exit status: 0 success, 1 failure (one line on stderr says why), 2 bad usage"""
 
@@ -70,6 +76,10 @@ def parser():
     p.add_argument("--mode", choices=link.MODES, default="auto",
                    help="XDP mode: native (in the driver), generic (in the stack), or auto: native where "
                         "the driver has it, else generic (default)")
+    p.add_argument("--loader", choices=LOADERS,
+                   help="what loads the program: libbpf (the system's libbpf.so), native (bpf(2) alone, "
+                        "no libbpf needed), or auto: libbpf where it is installed, else native (default: "
+                        "$KUBENETPROBE_LOADER, else $EBPF_IMPLEMENTATION, else auto)")
     p.add_argument("--attach", choices=link.METHODS, default="auto", dest="method",
                    help="how to attach: link (a bpf_link, kernel 5.9+, gone when the probe is), netlink "
                         "(older kernels), or auto: link where the kernel has it, else netlink (default)")
@@ -79,6 +89,22 @@ def parser():
                                                                   "libbpf's or the verifier's log")
     p.add_argument("--version", action="version", version="kubenetprobe " + probe.__version__)
     return p
+
+
+def loader_from(environ):
+    """The loader named by the environment: $KUBENETPROBE_LOADER, else $EBPF_IMPLEMENTATION, else auto."""
+    loader = environ.get("KUBENETPROBE_LOADER")
+    if loader:
+        if loader not in LOADERS:
+            raise ProbeError("$KUBENETPROBE_LOADER is %r" % loader, hint="use one of %s" % ", ".join(LOADERS))
+        return loader
+    original = environ.get("EBPF_IMPLEMENTATION")
+    if original:
+        if original not in ORIGINAL_LOADERS:
+            raise ProbeError("$EBPF_IMPLEMENTATION is %r" % original,
+                             hint="use one of %s" % ", ".join(sorted(ORIGINAL_LOADERS)))
+        return ORIGINAL_LOADERS[original]
+    return "auto"
 
 
 def detach_parser():
@@ -137,7 +163,7 @@ def run(args):
     names = args.interface or [os.environ.get("NETWORK_INTERFACE") or interfaces.default_interface()]
     stopper = _Stopper()  # before attaching, so a signal during attach still ends in a detach
     printer = Printer(sys.stdout, json_lines=args.json)
-    with NetworkMonitor() as monitor:
+    with NetworkMonitor(loader=args.loader or loader_from(os.environ)) as monitor:
         for name in names:
             monitor.attach(name, mode=args.mode, force=args.force, method=args.method)
         reporter = Reporter(monitor)

@@ -13,6 +13,16 @@ def raise_memlock_limit():
         pass  # unprivileged: the load itself will say what is wrong
 
 
+def verifier_error(verifier_log, err, log=None):
+    """The ProbeError for a program the verifier refused, saying why in one line; None without a reason."""
+    for line in reversed(verifier_log.splitlines()):
+        line = line.strip()
+        if line and not line.startswith(("processed ", "verification time", "stack depth", "libbpf:")):
+            return ProbeError("the verifier rejected the program: %s" % line,
+                              hint="run with -v for the verifier's log", errno=err, log=log or verifier_log)
+    return None
+
+
 class LoadedObject(object):
     """Programs and maps of one object, loaded into the kernel; closing releases them."""
 

@@ -3,7 +3,7 @@ import ctypes
 import errno
 
 from probe import log
-from probe.engine import Engine, LoadedObject, raise_memlock_limit
+from probe.engine import Engine, LoadedObject, raise_memlock_limit, verifier_error
 from probe.errors import ProbeError
 from probe.link import permission_error
 
@@ -96,17 +96,11 @@ def _has_verifier_log(text):
     return any(begin in text for begin, _ in _VERIFIER_LOG_MARKS)
 
 
-def verifier_summary(text):
-    """The line of a verifier log that says why it refused: the last one before its statistics."""
+def verifier_log(text):
+    """The verifier's log inside libbpf's messages, or None."""
     for begin, end in _VERIFIER_LOG_MARKS:
         if begin in text:
-            text = text.split(begin)[-1].split(end)[0]
-            break
-    lines = text.splitlines()
-    for line in reversed(lines):
-        line = line.strip()
-        if line and not line.startswith(("processed ", "verification time", "stack depth", "libbpf:")):
-            return line
+            return text.split(begin)[-1].split(end)[0]
     return None
 
 
@@ -201,10 +195,9 @@ class LibbpfEngine(Engine):
     def _error(self, what, err):
         text = self._log.take()
         # Checked first: the verifier's refusals come as EACCES too.
-        summary = verifier_summary(text) if _has_verifier_log(text) else None
-        if summary:
-            return ProbeError("the verifier rejected the program: %s" % summary,
-                              hint="run with -v for the verifier's log", errno=err, log=text)
+        refusal = verifier_error(verifier_log(text) or "", err, text)
+        if refusal:
+            return refusal
         e = ProbeError("%s: %s" % (what, self._strerror(err)), errno=err, log=text or None)
         perm = permission_error(e)
         if perm:

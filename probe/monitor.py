@@ -1,15 +1,33 @@
 """Attach lifecycle and counters: the probe on a set of interfaces, and reports of what it counted."""
 import time
 
-from probe import interfaces, layout, syscall
+from probe import interfaces, layout, log, syscall
 from probe.bytecode import embedded_object
 from probe.errors import ProbeError
 
 
-def open_engine():
-    """The engine that loads objects (libbpf, through ctypes)."""
-    from probe.libbpf import LibbpfEngine
-    return LibbpfEngine()
+LOADERS = ("auto", "libbpf", "native")
+
+
+def open_engine(loader="auto"):
+    """The engine that loads objects: "libbpf" (the system's, through ctypes), "native" (bpf(2) alone),
+    or "auto": libbpf where it loads, else native."""
+    if loader not in LOADERS:
+        raise ProbeError("unknown loader %r" % loader, hint="use one of %s" % ", ".join(LOADERS))
+    if loader in ("auto", "libbpf"):
+        from probe.libbpf import LibbpfEngine
+        try:
+            engine = LibbpfEngine()
+        except ProbeError as e:
+            if loader == "libbpf":
+                raise
+            log.debug("loader auto: %s; using the native loader", e.message)
+        else:
+            log.debug("loader: libbpf %s", engine.version)
+            return engine
+    from probe.native import NativeEngine
+    log.debug("loader: native")
+    return NativeEngine()
 
 
 def check_stats_map(obj):
@@ -56,8 +74,8 @@ class Attachment(object):
 class NetworkMonitor(object):
     """Counts the packets of interfaces: attach() them, read packet_stats(), close() to detach all."""
 
-    def __init__(self, engine=None, object_bytes=None):
-        self.engine = engine or open_engine()
+    def __init__(self, engine=None, object_bytes=None, loader="auto"):
+        self.engine = engine or open_engine(loader)
         self.object_bytes = object_bytes or embedded_object()
         self.attachments = []
 

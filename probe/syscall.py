@@ -18,7 +18,9 @@ _SYS_BPF = {
 }
 
 # enum bpf_cmd
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
+BPF_PROG_LOAD = 5
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -26,6 +28,7 @@ BPF_LINK_CREATE = 28
 BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_GET_NEXT_ID = 31
 BPF_LINK_DETACH = 34
+BPF_BTF_LOAD = 18
 
 # enum bpf_map_type
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
@@ -40,6 +43,9 @@ XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 
 _NAMES = {
+    BPF_MAP_CREATE: "BPF_MAP_CREATE",
+    BPF_PROG_LOAD: "BPF_PROG_LOAD",
+    BPF_BTF_LOAD: "BPF_BTF_LOAD",
     BPF_MAP_LOOKUP_ELEM: "BPF_MAP_LOOKUP_ELEM",
     BPF_PROG_TEST_RUN: "BPF_PROG_TEST_RUN",
     BPF_PROG_GET_FD_BY_ID: "BPF_PROG_GET_FD_BY_ID",
@@ -52,6 +58,33 @@ _NAMES = {
 
 _u32 = ctypes.c_uint32
 _u64 = ctypes.c_uint64
+
+
+class MapCreateAttr(ctypes.Structure):
+    """union bpf_attr, BPF_MAP_CREATE."""
+    _fields_ = [
+        ("map_type", _u32), ("key_size", _u32), ("value_size", _u32), ("max_entries", _u32),
+        ("map_flags", _u32), ("inner_map_fd", _u32), ("numa_node", _u32), ("map_name", ctypes.c_char * 16),
+        ("map_ifindex", _u32), ("btf_fd", _u32), ("btf_key_type_id", _u32), ("btf_value_type_id", _u32),
+    ]
+
+
+class ProgLoadAttr(ctypes.Structure):
+    """union bpf_attr, BPF_PROG_LOAD, up to attach_btf_id."""
+    _fields_ = [
+        ("prog_type", _u32), ("insn_cnt", _u32), ("insns", _u64), ("license", _u64),
+        ("log_level", _u32), ("log_size", _u32), ("log_buf", _u64), ("kern_version", _u32),
+        ("prog_flags", _u32), ("prog_name", ctypes.c_char * 16), ("prog_ifindex", _u32),
+        ("expected_attach_type", _u32), ("prog_btf_fd", _u32), ("func_info_rec_size", _u32),
+        ("func_info", _u64), ("func_info_cnt", _u32), ("line_info_rec_size", _u32), ("line_info", _u64),
+        ("line_info_cnt", _u32), ("attach_btf_id", _u32),
+    ]
+
+
+class BtfLoadAttr(ctypes.Structure):
+    """union bpf_attr, BPF_BTF_LOAD."""
+    _fields_ = [("btf", _u64), ("btf_log_buf", _u64), ("btf_size", _u32), ("btf_log_size", _u32),
+                ("btf_log_level", _u32)]
 
 
 class MapElemAttr(ctypes.Structure):

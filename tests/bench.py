@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -32,6 +33,7 @@ from probe import layout  # noqa: E402
 from probe.bytecode import embedded_object  # noqa: E402
 from probe.errors import ProbeError  # noqa: E402
 from probe.libbpf import LibbpfEngine  # noqa: E402
+from probe.native import NativeEngine  # noqa: E402
 
 OBJECT_FILE = os.path.join(ROOT, "probe", "_bytecode", "kubenetprobe.bpf.o")
 XDP_PASS = 2
@@ -214,6 +216,30 @@ def measure_program(engine, empty_object, rounds, repeat):
                          "program_rounds_ns": runs["program"], "empty_rounds_ns": runs["empty"]})
     return {"repeat": repeat, "rounds": rounds, "program": layout.PROGRAM, "empty": programs["empty"][1],
             "frames": rows}
+
+
+# ---- 5. load to attached, per engine ----------------------------------------------------------------------
+
+def load_and_attach(engine, data, interface):
+    """Seconds from the object's bytes to the program attached: load, then a bpf_link."""
+    started = time.perf_counter()
+    obj = engine.load_bytes(data)
+    attached = obj.attach_xdp(layout.PROGRAM, interface)
+    elapsed = time.perf_counter() - started
+    attached.close()
+    obj.close()
+    return elapsed
+
+
+def measure_engines(interface, rounds):
+    """Load-to-attached time of each engine, interleaved, in this process (inside the veth's namespace)."""
+    engines = [LibbpfEngine(), NativeEngine()]
+    data = embedded_object()
+    samples = {e.name: [] for e in engines}
+    for _ in range(rounds):
+        for engine in engines:
+            samples[engine.name].append(load_and_attach(engine, data, interface) * 1000)
+    return {name: {"median_ms": statistics.median(ms), "rounds_ms": ms} for name, ms in samples.items()}
 
 
 # ---- 2 and 3. start and memory -----------------------------------------------------------------------------
@@ -441,6 +467,10 @@ def report_lines(figures):
     if figures["size"]:
         lines += ["", "4. size: %s  %d bytes (%.1f KB)"
                   % (figures["size"]["file"], figures["size"]["bytes"], figures["size"]["bytes"] / KB)]
+    engines = figures["engines"]
+    lines += ["", "5. load to attached (object bytes -> program on the veth), %d interleaved rounds"
+              % len(next(iter(engines.values()))["rounds_ms"])]
+    lines += table(["loader", "median"], [[name, "%.1f ms" % e["median_ms"]] for name, e in engines.items()])
     lines += ["", "targets (informational; the exit status ignores them)"]
     lines += table(["measure", "value", "target", "status"],
                    [[c["what"], "%.2f %s" % (c["value"], c["unit"]), "<= %g %s" % (c["limit"], c["unit"]),
@@ -497,6 +527,7 @@ def measure(args):
         scripts = write_scripts(tmp)
         with veth_namespace() as interface:
             figures["start"] = [measure_interpreter(i, probe, interface, scripts, args.runs) for i in interpreters]
+            figures["engines"] = measure_engines(interface, args.runs)
     figures["size"] = size_of(args.pyz)
     figures["targets"] = evaluate_targets(figures)
     return figures

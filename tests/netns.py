@@ -192,12 +192,22 @@ class VethPair(object):
             server.wait()
 
 
+def without_libbpf():
+    """A command prefix that runs its command with the system's libbpf hidden (a private mount namespace)."""
+    libs = [line.split(" => ")[1] for line in sh("ldconfig", "-p").stdout.splitlines()
+            if "libbpf.so." in line and " => " in line]
+    assert libs, "libbpf is not installed here: nothing to hide"
+    hide = " && ".join("mount --bind /dev/null %s" % lib for lib in libs)
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", hide + ' && exec "$@"', "sh"]
+
+
 class ProbeRun(object):
     """kubenetprobe.pyz running with --json in the probe's namespace."""
 
-    def __init__(self, pair, *args, python=sys.executable, pyz=PYZ, env=None):
+    def __init__(self, pair, *args, python=sys.executable, pyz=PYZ, env=None, wrapper=()):
+        """Start it: `wrapper` is a command prefix run inside the namespace, around the interpreter."""
         self.pair = pair
-        cmd = ["ip", "netns", "exec", pair.probe_ns, python, pyz, "--json"] + list(args)
+        cmd = ["ip", "netns", "exec", pair.probe_ns] + list(wrapper) + [python, pyz, "--json"] + list(args)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      universal_newlines=True, env=env)
         self.reports = []

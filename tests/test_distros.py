@@ -19,10 +19,10 @@ pytestmark = pytest.mark.integration
 # libbpf 0.3 as libbpf.so.0: encoded error pointers, bpf_program__next/bpf_map__next, no libbpf_major_version.
 BULLSEYE = Distro("bullseye", ("python3", "libbpf0"), python="3.9", libbpf="libbpf.so.0")
 TRIXIE = Distro("trixie", ("python3", "libbpf1"), python="3.13", libbpf="libbpf.so.1")
-# No libbpf at all: today the pyz refuses in one line. The native engine (issue 3), which loads through
-# bpf(2) and netlink without libbpf, will turn this into a counting test like the other two.
+# No libbpf at all: the minimal-container case, where auto picks the native loader.
 BOOKWORM_NO_LIBBPF = Distro("bookworm", ("python3",), python="3.11", libbpf=None)
 WITH_LIBBPF = [BULLSEYE, TRIXIE]
+ALL = WITH_LIBBPF + [BOOKWORM_NO_LIBBPF]
 
 
 def ids(distro):
@@ -77,9 +77,10 @@ def expected_counts(mix, level, classes):
     return counts
 
 
-@pytest.mark.parametrize("distro", WITH_LIBBPF, ids=ids)
-def test_counts_exactly_with_the_distros_libbpf(distro, root):
-    """Chrooted in the release, the pyz loads its libbpf, counts a known mix of frames exactly, and detaches."""
+@pytest.mark.parametrize("distro", ALL, ids=ids)
+def test_counts_exactly(distro, root):
+    """Chrooted in the release, the pyz loads with its libbpf (or natively, without one), counts a known
+    mix of frames exactly, and detaches."""
     with VethPair() as pair:
         probe = rootfs.ChrootProbeRun(pair, root, "-i", pair.probe_if, "--interval", "60")
         try:
@@ -94,7 +95,11 @@ def test_counts_exactly_with_the_distros_libbpf(distro, root):
             probe.kill()
         assert probe.returncode == 0, probe.stderr
         assert pair.xdp_program() is None, "the probe left its program attached"
-    assert mapped and all(name.startswith(distro.libbpf) for name in mapped), mapped
+    if distro.libbpf:
+        assert mapped and all(name.startswith(distro.libbpf) for name in mapped), mapped
+    else:
+        assert mapped == []
+    assert final[pair.probe_if]["loader"] == ("libbpf" if distro.libbpf else "native")
     rx = final[pair.probe_if]["rx"]
     assert {k: (v["packets"], v["bytes"]) for k, v in rx["l3"].items()} == \
         expected_counts(mix, "l3", ("ipv4", "ipv6", "arp", "other"))
@@ -135,29 +140,24 @@ def refused_objects(tmp_path_factory):
             "verifier": pyz_with_object(tmp_path_factory.mktemp("verifier"), obj.read_bytes())}
 
 
-@pytest.mark.parametrize("distro", WITH_LIBBPF, ids=ids)
-@pytest.mark.parametrize("case,start", [
-    ("not-elf", "libbpf cannot open the object: "),  # 0.x: an encoded error pointer from bpf_object__open_mem
-    ("verifier", "the verifier rejected the program: R1 offset is outside of the packet"),  # 0.x frames its log
-], ids=["not-elf", "verifier"])
-def test_refusals_are_one_line(distro, root, refused_objects, case, start):
-    """libbpf's refusals, as each release words them, still make the one line that says why."""
+REFUSALS = {
+    # libbpf 0.x: an encoded error pointer from bpf_object__open_mem
+    ("not-elf", "libbpf"): "libbpf cannot open the object: ",
+    ("not-elf", "native"): "cannot read the object: not an ELF object",
+    # libbpf 0.x frames the verifier's log in its own way
+    ("verifier", "libbpf"): "the verifier rejected the program: R1 offset is outside of the packet",
+    ("verifier", "native"): "the verifier rejected the program: R1 offset is outside of the packet",
+}
+
+
+@pytest.mark.parametrize("distro", ALL, ids=ids)
+@pytest.mark.parametrize("case", ["not-elf", "verifier"])
+def test_refusals_are_one_line(distro, root, refused_objects, case):
+    """Refusals, as each release's libbpf (or the native loader) words them, make the one line that says why."""
+    start = REFUSALS[case, "libbpf" if distro.libbpf else "native"]
     with VethPair() as pair:
         result = rootfs.run_pyz(pair, root, "-i", pair.probe_if, "--count", "1", pyz=refused_objects[case])
         assert pair.xdp_program() is None
     assert result.returncode == 1
     assert result.stderr.startswith("kubenetprobe: error: " + start), result.stderr
-    assert len(result.stderr.splitlines()) == 1, result.stderr
-
-
-@pytest.mark.parametrize("distro", [BOOKWORM_NO_LIBBPF], ids=ids)
-def test_without_libbpf_fails_in_one_line(distro, root):
-    """No libbpf in the release: one line naming it, exit 1 (until the native engine, issue 3, counts here)."""
-    assert rootfs.libbpf_files(root) == []
-    with VethPair() as pair:
-        result = rootfs.run_pyz(pair, root, "-i", pair.probe_if, "--count", "1", "--interval", "0")
-        assert pair.xdp_program() is None
-    assert result.returncode == 1, result.stderr
-    assert result.stdout == ""
-    assert result.stderr.startswith("kubenetprobe: error: libbpf not found ("), result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr

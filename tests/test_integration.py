@@ -67,11 +67,14 @@ def kernel_counters(pair):
     return {"probe": pair.counters(pair.probe_ns, pair.probe_if), "peer": pair.counters(pair.peer_ns, pair.peer_if)}
 
 
+@pytest.mark.parametrize("loader", ["libbpf", "native"])
 @pytest.mark.parametrize("method", ["link", "netlink"])
 @pytest.mark.parametrize("mode", ["native", "generic"])
-def test_counts_known_traffic_exactly(pair, mode, method):
-    """ping, UDP, TCP and raw frames: each class counted exactly, totals equal to the kernel's."""
-    probe = ProbeRun(pair, "-i", pair.probe_if, "--mode", mode, "--attach", method, "--interval", "60")
+def test_counts_known_traffic_exactly(pair, mode, method, loader):
+    """ping, UDP, TCP and raw frames: each class counted exactly, totals equal to the kernel's, with every
+    loader, attach method and mode."""
+    probe = ProbeRun(pair, "-i", pair.probe_if, "--mode", mode, "--attach", method, "--loader", loader,
+                     "--interval", "60")
     probe.wait_attached()
     try:
         before = kernel_counters(pair)
@@ -108,7 +111,7 @@ def test_counts_known_traffic_exactly(pair, mode, method):
     assert {k: (v["packets"], v["bytes"]) for k, v in rx["l3"].items()} == expected_l3
     assert_matches_kernel(final, before, after, mode)
     assert final["final"] is True and final["hook"] == "xdp" and final["interface"] == pair.probe_if
-    assert (final["mode"], final["attach"], final["loader"]) == (mode, method, "libbpf")
+    assert (final["mode"], final["attach"], final["loader"]) == (mode, method, loader)
     assert pair.xdp_program() is None, "the probe left its program attached"
 
 

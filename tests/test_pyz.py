@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import PYZ, ROOT
-from netns import ProbeRun, VethPair, settle, sh
+from netns import ProbeRun, VethPair, settle, sh, without_libbpf
 from test_integration import ETH_P_LLDP, eth
 
 pytestmark = pytest.mark.integration
@@ -66,6 +66,25 @@ def test_runs_with_read_only_root_and_home(tmp_path):
     assert result.returncode == 0, result.stderr
     assert '"interface": "knp0"' in result.stdout
     assert os.listdir(str(home)) == []
+
+
+def test_picks_the_native_loader_without_libbpf():
+    """libbpf made invisible to the pyz alone: auto takes the native loader, says so under -v, counts exactly."""
+    with VethPair() as pair:
+        frame = eth(pair, ETH_P_LLDP, b"\0" * 46)
+        probe = ProbeRun(pair, "-v", "-i", pair.probe_if, "--interval", "60", wrapper=without_libbpf())
+        probe.wait_attached()
+        try:
+            pair.send_frames([frame] * 7)
+            settle()
+            final = probe.stop()[pair.probe_if]
+        finally:
+            probe.kill()
+    assert probe.returncode == 0, probe.stderr
+    assert final["loader"] == "native"
+    assert final["rx"]["l3"]["other"] == {"packets": 7, "bytes": 7 * len(frame)}
+    assert "kubenetprobe: loader auto: libbpf not found" in probe.stderr
+    assert "using the native loader" in probe.stderr
 
 
 def test_never_imports_from_writable_folders(tmp_path):

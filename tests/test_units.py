@@ -8,7 +8,8 @@ import pytest
 
 from probe import cli, interfaces, layout, netlink, output
 from probe.errors import ProbeError
-from probe.libbpf import LibbpfEngine, verifier_summary
+from probe.engine import verifier_error
+from probe.libbpf import LibbpfEngine, verifier_log
 from probe.monitor import Reporter
 
 
@@ -76,9 +77,10 @@ def test_help_teaches(capsys):
 
 
 class RecordingMonitor(object):
-    """Stands in for NetworkMonitor: records what run() attaches to."""
+    """Stands in for NetworkMonitor: records what run() attaches to, and with which loader."""
 
-    def __init__(self):
+    def __init__(self, loader):
+        self.loader = loader
         self.attached = []
         RecordingMonitor.last = self
 
@@ -104,6 +106,33 @@ def test_interface_from_environment(recording, monkeypatch):
     monkeypatch.setenv("NETWORK_INTERFACE", "veth7")
     assert cli.main(["--mode", "native", "--force", "--attach", "netlink"]) == cli.EXIT_FAILURE
     assert RecordingMonitor.last.attached == [("veth7", "native", True, "netlink")]
+
+
+@pytest.mark.parametrize("environ,loader", [
+    ({}, "auto"),
+    ({"KUBENETPROBE_LOADER": "native"}, "native"),
+    ({"EBPF_IMPLEMENTATION": "cilium"}, "native"),
+    ({"EBPF_IMPLEMENTATION": "libbpfgo"}, "libbpf"),
+    ({"EBPF_IMPLEMENTATION": "embedded"}, "auto"),
+    ({"KUBENETPROBE_LOADER": "libbpf", "EBPF_IMPLEMENTATION": "cilium"}, "libbpf"),
+])
+def test_loader_from_environment(environ, loader):
+    assert cli.loader_from(environ) == loader
+
+
+@pytest.mark.parametrize("environ", [{"KUBENETPROBE_LOADER": "bcc"}, {"EBPF_IMPLEMENTATION": "gobpf"}])
+def test_unknown_loader_in_environment(environ):
+    with pytest.raises(ProbeError) as e:
+        cli.loader_from(environ)
+    assert "use one of" in e.value.hint
+
+
+def test_loader_option_beats_environment(recording, monkeypatch):
+    monkeypatch.setenv("KUBENETPROBE_LOADER", "libbpf")
+    assert cli.main(["--loader", "native"]) == cli.EXIT_FAILURE
+    assert RecordingMonitor.last.loader == "native"
+    assert cli.main([]) == cli.EXIT_FAILURE
+    assert RecordingMonitor.last.loader == "libbpf"
 
 
 def test_interface_from_default_route(recording, monkeypatch):
@@ -351,8 +380,13 @@ libbpf: failed to load program 'kubenetprobe_rx'
 
 
 @pytest.mark.parametrize("text", [VERIFIER_LOG, VERIFIER_LOG_0X], ids=["libbpf-1.x", "libbpf-0.x"])
-def test_verifier_summary(text):
-    assert verifier_summary(text) == "R1 offset is outside of the packet"
+def test_verifier_reason(text):
+    assert verifier_error(verifier_log(text), 13).message == \
+        "the verifier rejected the program: R1 offset is outside of the packet"
+
+
+def test_no_verifier_reason_in_statistics_alone():
+    assert verifier_error("processed 2 insns (limit 1000000)\n\n", 13) is None
 
 
 def test_verifier_rejection_on_libbpf_0x(engine):

@@ -1,0 +1,141 @@
+"""The native engine: loads an object with bpf(2) alone, no libbpf (read by probe.spec, created here)."""
+import ctypes
+import errno
+import os
+import sys
+
+from probe import log, syscall
+from probe.engine import Engine, LoadedObject, raise_memlock_limit, verifier_error
+from probe.errors import ProbeError
+from probe.link import permission_error
+from probe.spec import BPF_INSN_SIZE, read_object
+
+BPF_PSEUDO_MAP_FD = 1  # ld_imm64 src_reg: imm holds a map fd
+BPF_XDP = syscall.BPF_XDP
+_EXPECTED_ATTACH_TYPE = {6: BPF_XDP}  # BPF_PROG_TYPE_XDP, as libbpf sets it for SEC("xdp")
+_LOG_SIZE = 1 << 16
+_MAX_LOG_SIZE = 1 << 24
+
+
+class NativeObject(LoadedObject):
+    """Maps and programs created with bpf(2); closing closes their fds."""
+
+    def __init__(self, programs, maps, btf_fd):
+        LoadedObject.__init__(self, programs, maps)
+        self._btf_fd = btf_fd
+
+    def close(self):
+        for fd in list(self.programs.values()) + list(self.maps.values()):
+            os.close(fd)
+        if self._btf_fd is not None:
+            os.close(self._btf_fd)
+        self.programs, self.maps, self._btf_fd = {}, {}, None
+
+
+def _name(name):
+    return name.encode("ascii", "replace")[:15]  # BPF_OBJ_NAME_LEN, with its NUL
+
+
+def _load_btf(blob):
+    """The fd of the object's BTF in the kernel, or None where the kernel does not take it."""
+    data = ctypes.create_string_buffer(blob, len(blob))
+    try:
+        return syscall.bpf(syscall.BPF_BTF_LOAD, syscall.BtfLoadAttr(btf=ctypes.addressof(data),
+                                                                     btf_size=len(blob)))
+    except ProbeError as e:
+        if permission_error(e):
+            raise permission_error(e)
+        log.debug("native: the kernel does not take the object's BTF (%s); loading without it", e.message)
+        return None
+
+
+def _create_map(spec, btf_fd):
+    try:
+        return _create_map_with_btf(spec, btf_fd)
+    except ProbeError as e:
+        raise permission_error(e) or ProbeError("cannot create map %s: %s" % (spec.name, e.message), errno=e.errno)
+
+
+def _create_map_with_btf(spec, btf_fd):
+    """Create a map, typed with its BTF where the kernel takes it."""
+    attr = syscall.MapCreateAttr(map_type=spec.type, key_size=spec.key_size, value_size=spec.value_size,
+                                 max_entries=spec.max_entries, map_flags=spec.flags, map_name=_name(spec.name))
+    if btf_fd is not None and spec.btf_value_type_id:
+        attr.btf_fd, attr.btf_key_type_id, attr.btf_value_type_id = \
+            btf_fd, spec.btf_key_type_id, spec.btf_value_type_id
+        try:
+            return syscall.bpf(syscall.BPF_MAP_CREATE, attr)
+        except ProbeError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            log.debug("native: map %s refused its BTF types (%s); creating it without", spec.name, e.message)
+            attr.btf_fd = attr.btf_key_type_id = attr.btf_value_type_id = 0
+    return syscall.bpf(syscall.BPF_MAP_CREATE, attr)
+
+
+def _relocated(program, map_fds):
+    """The program's instructions with each map reference turned into that map's fd."""
+    insns = bytearray(program.instructions)
+    for index, map_name in program.map_relocations:
+        at = index * BPF_INSN_SIZE
+        dst = insns[at + 1] & 0x0F
+        insns[at + 1] = dst | (BPF_PSEUDO_MAP_FD << 4)
+        insns[at + 4:at + 8] = map_fds[map_name].to_bytes(4, sys.byteorder, signed=True)
+    return bytes(insns)
+
+
+def _load_program(program, insns, license):
+    """The fd of a loaded program; a refusal is retried once with the verifier's log, for the reason."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode("ascii", "replace"))
+    attr = syscall.ProgLoadAttr(prog_type=program.prog_type, insn_cnt=len(insns) // BPF_INSN_SIZE,
+                                insns=ctypes.addressof(code), license=ctypes.addressof(lic),
+                                prog_name=_name(program.name),
+                                expected_attach_type=_EXPECTED_ATTACH_TYPE.get(program.prog_type, 0))
+    try:
+        return syscall.bpf(syscall.BPF_PROG_LOAD, attr)
+    except ProbeError as e:
+        if e.errno not in (errno.EACCES, errno.EINVAL):
+            raise permission_error(e) or e
+        first = e
+    size = _LOG_SIZE
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        attr.log_level, attr.log_size, attr.log_buf = 1, size, ctypes.addressof(buf)
+        try:
+            return syscall.bpf(syscall.BPF_PROG_LOAD, attr)  # passed this time: the kernel's refusal was flaky
+        except ProbeError as e:
+            if e.errno == errno.ENOSPC and size < _MAX_LOG_SIZE:
+                size *= 4
+                continue
+            text = buf.value.decode("utf-8", "replace")
+            raise verifier_error(text, first.errno) or permission_error(first) or ProbeError(
+                "the kernel refused to load program %s: %s" % (program.name, first.message),
+                errno=first.errno, log=text or None)
+
+
+class NativeEngine(Engine):
+    """Loads objects with the bpf(2) system call through libc: no libbpf needed."""
+
+    name = "native"
+
+    def load_bytes(self, data):
+        try:
+            spec = read_object(bytes(data))
+        except ProbeError as e:
+            e.message = "cannot read the object: " + e.message
+            raise
+        if spec.byteorder != sys.byteorder:
+            raise ProbeError("the object is %s-endian, this machine %s-endian" % (spec.byteorder, sys.byteorder))
+        raise_memlock_limit()
+        btf_fd = _load_btf(spec.btf) if spec.btf else None
+        maps, programs = {}, {}
+        try:
+            for name, map_spec in sorted(spec.maps.items()):
+                maps[name] = _create_map(map_spec, btf_fd)
+            for name, program in sorted(spec.programs.items()):
+                programs[name] = _load_program(program, _relocated(program, maps), spec.license or "")
+        except ProbeError:
+            NativeObject(programs, maps, btf_fd).close()
+            raise
+        return NativeObject(programs, maps, btf_fd)
