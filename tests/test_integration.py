@@ -241,21 +241,22 @@ API_SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import probe
-with probe.NetworkMonitor() as monitor:
+with probe.NetworkMonitor(loader=sys.argv[3]) as monitor:
     attachment = monitor.attach(sys.argv[2], mode="generic")
-    print(attachment.mode, flush=True)
+    print(monitor.engine.name, attachment.mode, flush=True)
     sys.stdin.readline()  # the test sends its frames now
     print(json.dumps(monitor.packet_stats()), flush=True)
 """
 
 
-def test_python_api(pair):
+@pytest.mark.parametrize("loader", ["libbpf", "native"])
+def test_python_api(pair, loader):
     """NetworkMonitor as a script uses it: attach, packet_stats() as plain data, detach on leaving."""
     script = subprocess.Popen(["ip", "netns", "exec", pair.probe_ns, sys.executable, "-c", API_SCRIPT,
-                               os.path.dirname(os.path.dirname(os.path.abspath(__file__))), pair.probe_if],
+                               os.path.dirname(os.path.dirname(os.path.abspath(__file__))), pair.probe_if, loader],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
     try:
-        assert script.stdout.readline().strip() == "generic"
+        assert script.stdout.readline().split() == [loader, "generic"]
         frame = eth(pair, ETH_P_ARP, b"\0" * 28)
         pair.send_frames([frame] * 4)
         settle()
