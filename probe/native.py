@@ -11,8 +11,8 @@ from probe.link import permission_error
 from probe.spec import BPF_INSN_SIZE, read_object
 
 BPF_PSEUDO_MAP_FD = 1  # ld_imm64 src_reg: imm holds a map fd
-BPF_XDP = syscall.BPF_XDP
-_EXPECTED_ATTACH_TYPE = {6: BPF_XDP}  # BPF_PROG_TYPE_XDP, as libbpf sets it for SEC("xdp")
+# As libbpf sets it for SEC("xdp").
+_EXPECTED_ATTACH_TYPE = {syscall.BPF_PROG_TYPE_XDP: syscall.BPF_XDP}
 _LOG_SIZE = 1 << 16
 _MAX_LOG_SIZE = 1 << 24
 

@@ -2,10 +2,7 @@
 from probe import btf as _btf
 from probe import elf
 from probe.errors import ProbeError
-
-# enum bpf_map_type, enum bpf_prog_type
-BPF_MAP_TYPE_PERCPU_ARRAY = 6
-BPF_PROG_TYPE_XDP = 6
+from probe.syscall import BPF_PROG_TYPE_XDP
 
 BPF_INSN_SIZE = 8
 BPF_LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW: the first half of a 16-byte instruction

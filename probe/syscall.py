@@ -30,8 +30,9 @@ BPF_LINK_GET_NEXT_ID = 31
 BPF_LINK_DETACH = 34
 BPF_BTF_LOAD = 18
 
-# enum bpf_map_type
+# enum bpf_map_type, enum bpf_prog_type
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_PROG_TYPE_XDP = 6
 
 # enum bpf_attach_type, enum bpf_link_type
 BPF_XDP = 37

@@ -9,13 +9,12 @@ import subprocess
 
 import pytest
 
-from probe import bytecode, layout
+from probe import bytecode, layout, syscall
 from probe.bytecode import embedded_object
 from probe.errors import ProbeError
 from probe.monitor import check_stats_map, read_counters
 
 XDP_PASS = 2
-BPF_MAP_TYPE_PERCPU_ARRAY = 6
 OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(bytecode.__file__)), "_bytecode", bytecode.OBJECT)
 
 # Ethertypes
@@ -360,7 +359,7 @@ def test_btf_stats_map_matches_layout(btf):
     def pointee(name):  # __uint(name, N) is int (*name)[N]; __type(name, T) is T *name
         return resolve(btf, fields[name][1]["type_id"])
 
-    assert pointee("type")["nr_elems"] == BPF_MAP_TYPE_PERCPU_ARRAY
+    assert pointee("type")["nr_elems"] == syscall.BPF_MAP_TYPE_PERCPU_ARRAY
     assert pointee("max_entries")["nr_elems"] == len(layout.DIRECTIONS)
     assert pointee("key")["size"] == layout.KEY.size
     assert pointee("value") is named(btf, "STRUCT", "knp_stats")

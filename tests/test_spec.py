@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from probe import btf, elf, layout, spec
+from probe import btf, elf, layout, spec, syscall
 from probe.errors import ProbeError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,7 +90,7 @@ def test_stats_map(objspec):
     assert sorted(objspec.maps) == [layout.STATS_MAP]
     m = objspec.maps[layout.STATS_MAP]
     assert m.name == layout.STATS_MAP
-    assert m.type == spec.BPF_MAP_TYPE_PERCPU_ARRAY == 6
+    assert m.type == syscall.BPF_MAP_TYPE_PERCPU_ARRAY == 6
     assert m.key_size == layout.KEY.size == 4
     assert m.value_size == layout.STATS.size
     assert m.max_entries == len(layout.DIRECTIONS)
@@ -122,7 +122,7 @@ def test_program(objspec):
     assert sorted(objspec.programs) == [layout.PROGRAM]
     prog = objspec.programs[layout.PROGRAM]
     assert (prog.name, prog.section, prog.offset) == (layout.PROGRAM, "xdp", 0)
-    assert prog.prog_type == spec.BPF_PROG_TYPE_XDP == 6
+    assert prog.prog_type == syscall.BPF_PROG_TYPE_XDP == 6
     assert prog.instructions and len(prog.instructions) % 8 == 0
     assert prog.map_relocations
     for index, name in prog.map_relocations:
@@ -483,7 +483,7 @@ def test_several_programs_and_maps(tmp_path):
     assert [n for _, n in b.map_relocations] == ["second", "first"]
     assert [n for _, n in c.map_relocations] == ["second"]
     for p in (a, b, c):
-        assert p.prog_type == spec.BPF_PROG_TYPE_XDP
+        assert p.prog_type == syscall.BPF_PROG_TYPE_XDP
         assert all(p.instructions[8 * i] == spec.BPF_LD_IMM64 for i, _ in p.map_relocations)
     # The same relocations as llvm-objdump's, counted from each section's start.
     text = run(tool("llvm-objdump"), "-r", path)
