@@ -10,12 +10,11 @@ Imported from a zip, Python compiles every module at every start, so the archive
 modules of a usual start (the command and the libbpf engine) compiled by the building Python:
 hash-checked .pyc beside their .py, which shiv leaves out. That Python's version starts faster; every
 other version, and the native loader's modules (used where libbpf is missing), read the sources. The
-native loader's bytecode would add half again to the file's size for starts that are rarer.
+bytecode leaves out docstrings and column positions (-OO, -X no_debug_ranges): a third of its size.
 """
 import argparse
 import hashlib
 import os
-import py_compile
 import shutil
 import subprocess
 import sys
@@ -100,14 +99,23 @@ def start_modules(site_packages):
             for name in names]
 
 
+COMPILE = """
+import py_compile, sys
+for source, compiled, name in zip(*[iter(sys.argv[1:])] * 3):
+    py_compile.compile(source, cfile=compiled, dfile=name, doraise=True, optimize=2,
+                       invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+"""
+
+
 def add_bytecode(output, site_packages, scratch, date_time):
     """Append a hash-checked .pyc of each module of a usual start, compiled by this Python, beside its source."""
+    sources = sorted(start_modules(site_packages))
+    names = [source.relative_to(site_packages).as_posix() for source in sources]
+    jobs = [str(arg) for source, name in zip(sources, names) for arg in (source, scratch / (name + "c"), name)]
+    subprocess.run([sys.executable, "-I", "-X", "no_debug_ranges", "-c", COMPILE] + jobs, check=True)
     with zipfile.ZipFile(str(output), "a", compression=zipfile.ZIP_DEFLATED) as archive:
-        for source in sorted(start_modules(site_packages)):
-            name = source.relative_to(site_packages).as_posix()
+        for name in names:
             compiled = scratch / (name + "c")
-            py_compile.compile(str(source), cfile=str(compiled), dfile=name, doraise=True,
-                               invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
             info = zipfile.ZipInfo("site-packages/" + name[:-3] + ".pyc", date_time=date_time)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o100644 << 16
