@@ -5,17 +5,19 @@ import os
 import select
 import signal
 import sys
+import time
 
 import probe
 from probe import interfaces, link, log
 from probe.errors import ProbeError
 from probe.monitor import LOADERS, NetworkMonitor, Reporter
 from probe.output import Printer
+from probe.pin import PinDir
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 # $EBPF_IMPLEMENTATION, the original project's loader names -> ours.
-ORIGINAL_LOADERS = {"cilium": "native", "libbpfgo": "libbpf", "embedded": "auto"}
+ORIGINAL_LOADERS = {"cilium": "native", "libbpfgo": "libbpf", "embedded": "auto", "object": "auto"}
 
 DESCRIPTION = """\
 Count the packets an interface receives, exactly, with an XDP program in the kernel:
@@ -31,13 +33,21 @@ examples:
   kubenetprobe -i eth0 -i eth1 --interval 5
   kubenetprobe -i eth0 --count 1 --interval 0 --json    one report right after attaching
   kubenetprobe --json | jq .rx.pps
+  kubenetprobe --object prog.bpf.o     load a program of your own build; `kill -HUP PID` reloads it
+  kubenetprobe --pin /sys/fs/bpf/knp   keep counting after exit; the next run with --pin takes over
   kubenetprobe detach -i eth0          remove a program a killed probe left behind (netlink only)
+  kubenetprobe detach -i eth0 --pin /sys/fs/bpf/knp    end a pinned probe and remove its pins
+
+signals:
+  SIGINT, SIGTERM   print the final report, detach (unless --pin) and exit
+  SIGHUP            reload: read the object again (the --object file, else the embedded one) and swap
+                    its program in atomically, counters kept; if it fails, the running program stays
 
 environment:
   NETWORK_INTERFACE     interface to watch when no -i is given
   KUBENETPROBE_LOADER   loader when no --loader is given: auto, libbpf or native
   EBPF_IMPLEMENTATION   the original project's loader names: cilium (native), libbpfgo (libbpf),
-                        embedded (auto)
+                        embedded (auto), object (auto, the object file $KUBENETPROBE_OBJECT)
 
 exit status: 0 success, 1 failure (one line on stderr says why), 2 bad usage"""
 
@@ -80,6 +90,13 @@ def parser():
                    help="what loads the program: libbpf (the system's libbpf.so), native (bpf(2) alone, "
                         "no libbpf needed), or auto: libbpf where it is installed, else native (default: "
                         "$KUBENETPROBE_LOADER, else $EBPF_IMPLEMENTATION, else auto)")
+    p.add_argument("--object", metavar="PATH",
+                   help="load the XDP program from this ELF object instead of the embedded one; SIGHUP "
+                        "reloads it (default: $KUBENETPROBE_OBJECT when $EBPF_IMPLEMENTATION=object)")
+    p.add_argument("--pin", metavar="DIR",
+                   help="pin the stats map and the link in DIR (on a bpffs; one is mounted at /sys/fs/bpf "
+                        "if none is): the program keeps counting after exit and the next run with the "
+                        "same DIR takes it over, counters included")
     p.add_argument("--attach", choices=link.METHODS, default="auto", dest="method",
                    help="how to attach: link (a bpf_link, kernel 5.9+, gone when the probe is), netlink "
                         "(older kernels), or auto: link where the kernel has it, else netlink (default)")
@@ -107,6 +124,17 @@ def loader_from(environ):
     return "auto"
 
 
+def object_from(environ):
+    """The object file named by the environment, for $EBPF_IMPLEMENTATION=object; else None."""
+    if environ.get("EBPF_IMPLEMENTATION") != "object":
+        return None
+    path = environ.get("KUBENETPROBE_OBJECT")
+    if not path:
+        raise ProbeError("$EBPF_IMPLEMENTATION is 'object' but $KUBENETPROBE_OBJECT is not set",
+                         hint="set it to the object's path, or use --object PATH")
+    return path
+
+
 def detach_parser():
     """The argument parser of `kubenetprobe detach`."""
     p = argparse.ArgumentParser(prog="kubenetprobe detach",
@@ -115,38 +143,67 @@ def detach_parser():
     p.add_argument("-i", "--interface", action="append", metavar="NAME", required=True,
                    help="interface to clean; repeat for several")
     p.add_argument("--force", action="store_true", help="remove the XDP program even if it is not kubenetprobe's")
+    p.add_argument("--pin", metavar="DIR", help="the --pin DIR of the run to end: its pins are removed too")
     p.add_argument("-v", "--verbose", action="store_true", help="on failure, show the traceback")
     return p
 
 
 def run_detach(args):
-    """Remove kubenetprobe's program from each interface named."""
+    """Remove kubenetprobe's program (and pins) from each interface named."""
     for name in args.interface:
-        removed = link.detach(name, force=args.force)
-        print("detached XDP program %s from %s" % (removed, name))
+        removed = link.detach(name, force=args.force, pins=PinDir(args.pin, name) if args.pin else None)
+        if removed:
+            print("detached XDP program %s from %s" % (removed, name))
+        else:
+            print("removed the pins of %s" % name)
     return EXIT_OK
 
 
-class _Stopper(object):
-    """Turns SIGINT and SIGTERM into a flag that wakes the wait between reports."""
+class _Signals(object):
+    """Turns SIGINT and SIGTERM into a stop, SIGHUP into a reload, each waking the wait between reports."""
+
+    STOP, RELOAD = "stop", "reload"
 
     def __init__(self):
-        self.stopped = False
+        self.stopped = self.reload = False
         self._read, write = os.pipe()
         os.set_blocking(write, False)
         os.set_blocking(self._read, False)
         signal.set_wakeup_fd(write)
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+            signal.signal(sig, self._stop)
+        signal.signal(signal.SIGHUP, self._reload)
 
-    def _handle(self, signum, frame):
+    def _stop(self, signum, frame):
         self.stopped = True
 
+    def _reload(self, signum, frame):
+        self.reload = True
+
     def wait(self, seconds):
-        """Sleep up to `seconds`; True when a stop signal came."""
-        if not self.stopped and seconds > 0:
-            select.select([self._read], [], [], seconds)
-        return self.stopped
+        """Sleep up to `seconds`; STOP or RELOAD when such a signal came, else None."""
+        if not (self.stopped or self.reload) and seconds > 0:
+            if select.select([self._read], [], [], seconds)[0]:
+                os.read(self._read, 512)
+        if self.stopped:
+            return self.STOP
+        if self.reload:
+            self.reload = False
+            return self.RELOAD
+        return None
+
+
+def _reload(monitor, verbose):
+    try:
+        monitor.reload()
+    except ProbeError as e:
+        if verbose:
+            _traceback()
+        log.warning("reload failed; the running program stays: %s", e)
+        return
+    for a in monitor.attachments:
+        log.info("reloaded %s: %s runs program id %d (reload %d)", monitor.source, a.interface, a.program_id,
+                 a.reloads)
 
 
 def _to_stderr(level, text):
@@ -161,20 +218,29 @@ def _traceback():
 def run(args):
     """Attach to the interfaces, print reports until the count is reached or a signal comes, detach."""
     names = args.interface or [os.environ.get("NETWORK_INTERFACE") or interfaces.default_interface()]
-    stopper = _Stopper()  # before attaching, so a signal during attach still ends in a detach
+    signals = _Signals()  # before attaching, so a signal during attach still ends in a detach
     printer = Printer(sys.stdout, json_lines=args.json)
-    with NetworkMonitor(loader=args.loader or loader_from(os.environ)) as monitor:
+    with NetworkMonitor(loader=args.loader or loader_from(os.environ), pin_dir=args.pin,
+                        object_path=args.object or object_from(os.environ)) as monitor:
         for name in names:
             monitor.attach(name, mode=args.mode, force=args.force, method=args.method)
         reporter = Reporter(monitor)
         done = 0
+        due = time.monotonic() + args.interval
         while True:
-            stopped = stopper.wait(args.interval)
+            event = signals.wait(due - time.monotonic())
+            if event == signals.RELOAD:
+                _reload(monitor, args.verbose)
+                continue
             done += 1
-            last = stopped or (args.count is not None and done >= args.count)
+            last = event == signals.STOP or (args.count is not None and done >= args.count)
             printer.write(reporter.reports(final=last))
             if last:
+                if args.pin:
+                    log.info("left pinned in %s, counting; `kubenetprobe detach -i IFACE --pin %s` ends it",
+                             args.pin, args.pin)
                 return EXIT_OK
+            due = max(due + args.interval, time.monotonic())
 
 
 def _explain(e):

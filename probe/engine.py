@@ -72,15 +72,19 @@ class Engine(object):
 
     name = None
 
-    def load_bytes(self, data):
-        """Load an ELF object held in memory; returns a LoadedObject."""
+    def load_bytes(self, data, reuse_maps=None):
+        """Load an ELF object held in memory; returns a LoadedObject.
+
+        reuse_maps {name: fd}: maps already in the kernel to use instead of creating the object's own
+        (a reload keeps its counters this way); the caller keeps its fds.
+        """
         raise NotImplementedError
 
-    def load_file(self, path):
+    def load_file(self, path, reuse_maps=None):
         """Load an ELF object from a file; returns a LoadedObject."""
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise ProbeError("cannot read %s: %s" % (path, e.strerror), errno=e.errno)
-        return self.load_bytes(data)
+        return self.load_bytes(data, reuse_maps)

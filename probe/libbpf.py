@@ -23,6 +23,8 @@ _FUNCTIONS = {
     "bpf_program__fd": (ctypes.c_int, [_p]),
     "bpf_map__name": (ctypes.c_char_p, [_p]),
     "bpf_map__fd": (ctypes.c_int, [_p]),
+    "bpf_object__find_map_by_name": (_p, [_p, ctypes.c_char_p]),
+    "bpf_map__reuse_fd": (ctypes.c_int, [_p, ctypes.c_int]),
 }
 # Iterators renamed in 1.0: (1.x name, 0.x name, 0.x takes (prev, obj) instead of (obj, prev)).
 _ITERATORS = {
@@ -177,7 +179,7 @@ class LibbpfEngine(Engine):
     def maps(self, obj):
         return {self.lib.bpf_map__name(m).decode(): self.lib.bpf_map__fd(m) for m in self._iterate("next_map", obj)}
 
-    def load_bytes(self, data):
+    def load_bytes(self, data, reuse_maps=None):
         raise_memlock_limit()
         buffer = ctypes.create_string_buffer(bytes(data), len(data))
         self._log.take()
@@ -185,6 +187,12 @@ class LibbpfEngine(Engine):
         err = self._pointer_error(obj)
         if err:
             raise self._error("libbpf cannot open the object", err)
+        for name, fd in sorted((reuse_maps or {}).items()):
+            found = self.lib.bpf_object__find_map_by_name(obj, name.encode())
+            rc = self.lib.bpf_map__reuse_fd(found, fd) if found else -errno.ENOENT
+            if rc < 0:
+                self.lib.bpf_object__close(obj)
+                raise self._error("libbpf cannot reuse map %s" % name, -rc)
         rc = self.lib.bpf_object__load(obj)
         if rc < 0:
             self.lib.bpf_object__close(obj)

@@ -66,8 +66,13 @@ class XdpLink(XdpAttachment):
     def program_id(self):
         return syscall.link_info(self.fd).prog_id
 
-    def close(self):
-        """Detach the program."""
+    def update(self, new_prog_fd):
+        """Swap in another program, atomically: no packet passes the hook without one of them."""
+        with _program(self.program_id) as old_prog_fd:
+            syscall.link_update(self.fd, new_prog_fd, old_prog_fd)
+
+    def close(self, keep=False):
+        """Detach the program, unless the link is pinned (`keep` is for the pinning's sake)."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -81,13 +86,53 @@ class NetlinkXdp(XdpAttachment):
         self.program_id = prog_id
         self._attached = True
 
-    def close(self):
-        """Detach the program, if the hook still holds it (and not something that replaced it)."""
-        if self._attached:
+    def update(self, new_prog_fd):
+        """Swap in another program, atomically; where the kernel can (5.7+), only if ours is still there."""
+        flags = _MODE_FLAGS[self.mode]
+        with _program(self.program_id) as old_prog_fd:
+            try:
+                netlink.xdp_attach(self.ifindex, new_prog_fd, flags | syscall.XDP_FLAGS_REPLACE, old_prog_fd)
+            except ProbeError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                netlink.xdp_attach(self.ifindex, new_prog_fd, flags)  # no XDP_FLAGS_REPLACE before 5.7
+        self.program_id = syscall.prog_info(new_prog_fd).id
+
+    def close(self, keep=False):
+        """Detach the program, if the hook still holds it (and not something that replaced it), unless keep."""
+        if self._attached and not keep:
             self._attached = False
             current = netlink.xdp_program(self.ifindex)
             if current and current[0] == self.program_id:
                 netlink.xdp_detach(self.ifindex, _MODE_FLAGS[self.mode])
+
+
+class _program(object):
+    """An fd of a loaded program, by id, for the length of a `with`."""
+
+    def __init__(self, prog_id):
+        self.fd = syscall.prog_fd_by_id(prog_id)
+
+    def __enter__(self):
+        return self.fd
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+def take_over(interface, link_fd=None):
+    """The attachment a previous run left to this one (its pinned link, or its netlink program)."""
+    index = interfaces.ifindex(interface)
+    current = holder(index)
+    if current is None or not current.is_ours():
+        if link_fd is not None:
+            os.close(link_fd)
+        found = "it runs %s" % current if current else "it has no XDP program"
+        raise ProbeError("the pinned state of %s is stale: %s" % (interface, found),
+                         hint="remove it with `kubenetprobe detach -i %s --pin DIR`" % interface)
+    if link_fd is not None:
+        return XdpLink(link_fd, interface, index, current.mode)
+    return NetlinkXdp(current.prog_id, interface, index, current.mode)
 
 
 def _attach_link(prog_fd, interface, index, mode):
@@ -160,10 +205,21 @@ def _attach_error(e, interface, index, mode):
                                              errno=e.errno)
 
 
-def detach(interface, force=False):
-    """Remove kubenetprobe's XDP program from an interface (any program with force); returns its Holder."""
+def detach(interface, force=False, pins=None):
+    """Remove kubenetprobe's XDP program from an interface (any program with force) and its pins (a
+    pin.PinDir); returns the Holder of what was removed, or None when only pins were left."""
+    if pins is not None and pins.exists():
+        link_fd = pins.open_link()
+        if link_fd is not None:
+            try:
+                syscall.link_detach(link_fd)  # even if someone else holds the link too
+            finally:
+                os.close(link_fd)
+        pins.remove()
     current = holder(interfaces.ifindex(interface))
     if current is None:
+        if pins is not None:
+            return None
         raise ProbeError("%s has no XDP program" % interface)
     if not current.is_ours() and not force:
         raise ProbeError("the XDP program on %s is not kubenetprobe's: %s" % (interface, current),

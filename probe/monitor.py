@@ -1,9 +1,11 @@
-"""Attach lifecycle and counters: the probe on a set of interfaces, and reports of what it counted."""
+"""Attach lifecycle and counters: the probe on a set of interfaces, reloads, and reports of what it counted."""
+import os
 import time
 
-from probe import interfaces, layout, log, syscall
+from probe import interfaces, layout, link, log, syscall
 from probe.bytecode import embedded_object
 from probe.errors import ProbeError
+from probe.pin import PinDir, ensure_bpffs
 
 
 LOADERS = ("auto", "libbpf", "native")
@@ -30,16 +32,54 @@ def open_engine(loader="auto"):
     return NativeEngine()
 
 
-def check_stats_map(obj):
-    """Refuse an object whose stats map is not the one probe/layout.py reads, naming what differs."""
-    info = syscall.map_info(obj.map_fd(layout.STATS_MAP))
+def _check_layout(stats_map):
+    """Refuse a stats map (a MapSpec, or the kernel's MapInfo) other than the one layout.py reads."""
     expected = {"type": syscall.BPF_MAP_TYPE_PERCPU_ARRAY, "key_size": layout.KEY.size,
                 "value_size": layout.STATS.size, "max_entries": len(layout.DIRECTIONS)}
-    differs = ["%s %d, not %d" % (name, getattr(info, name), value)
-               for name, value in sorted(expected.items()) if getattr(info, name) != value]
+    differs = ["%s %d, not %d" % (name, getattr(stats_map, name), value)
+               for name, value in sorted(expected.items()) if getattr(stats_map, name) != value]
     if differs:
         raise ProbeError("the object's map %s has another layout: %s" % (layout.STATS_MAP, "; ".join(differs)),
                          hint="rebuild the object from this version's bpf/ (make build-ebpf)")
+
+
+def check_stats_map(obj):
+    """Refuse a loaded object whose stats map is not the one layout.py reads, naming what differs."""
+    _check_layout(syscall.map_info(obj.map_fd(layout.STATS_MAP)))
+
+
+def check_object(data):
+    """Refuse, before loading, an object without the probe's program and stats map, or with another layout."""
+    from probe.spec import read_object  # only objects from files pay for the ELF and BTF readers
+    spec = read_object(data)
+    for kind, name, found in (("program", layout.PROGRAM, spec.programs), ("map", layout.STATS_MAP, spec.maps)):
+        if name not in found:
+            raise ProbeError("the object has no %s %s (it has: %s)" % (kind, name, ", ".join(sorted(found)) or
+                                                                     "none"),
+                             hint="build it from this version's bpf/ (make build-ebpf)")
+    _check_layout(spec.maps[layout.STATS_MAP])
+
+
+class ObjectSource(object):
+    """Where the program comes from: the embedded object, or a file, read again at every reload."""
+
+    def __init__(self, path=None):
+        self.path = path
+
+    def read(self):
+        """The object's bytes, checked: the embedded one against its SHA-256, a file against layout.py."""
+        if self.path is None:
+            return embedded_object()
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except (IOError, OSError) as e:
+            raise ProbeError("cannot read it: %s" % e.strerror, errno=e.errno)
+        check_object(data)
+        return data
+
+    def __str__(self):
+        return self.path or "the embedded object"
 
 
 def read_counters(obj, direction="rx", ncpus=None):
@@ -52,31 +92,47 @@ def read_counters(obj, direction="rx", ncpus=None):
 class Attachment(object):
     """The probe's program on one interface: its own loaded object (so its own counters) and link."""
 
-    def __init__(self, obj, link):
+    def __init__(self, obj, xdp, pins=None):
         self.object = obj
-        self.link = link
-        self.interface = link.interface
-        self.ifindex = link.ifindex
-        self.mode = link.mode
-        self.hook = link.hook
-        self.method = link.method
+        self.link = xdp
+        self.pins = pins  # a PinDir when the state outlives the probe
+        self.interface = xdp.interface
+        self.ifindex = xdp.ifindex
+        self.mode = xdp.mode
+        self.hook = xdp.hook
+        self.method = xdp.method
+        self.reloads = 0
         self._ncpus = layout.possible_cpus()
+
+    @property
+    def program_id(self):
+        return self.link.program_id
 
     def counters(self, direction="rx"):
         """Cumulative counters of one direction since attach."""
         return read_counters(self.object, direction, self._ncpus)
 
+    def replace_program(self, obj):
+        """Swap in the program of `obj`, loaded onto this attachment's stats map, and let the old one go."""
+        self.link.update(obj.program_fd(layout.PROGRAM))
+        self.object, old = obj, self.object
+        old.close()
+
     def close(self):
-        self.link.close()
+        """Detach, unless pinned: then the program goes on counting into its pinned map."""
+        self.link.close(keep=self.pins is not None)
         self.object.close()
 
 
 class NetworkMonitor(object):
     """Counts the packets of interfaces: attach() them, read packet_stats(), close() to detach all."""
 
-    def __init__(self, engine=None, object_bytes=None, loader="auto"):
+    def __init__(self, engine=None, object_path=None, loader="auto", pin_dir=None):
         self.engine = engine or open_engine(loader)
-        self.object_bytes = object_bytes or embedded_object()
+        self.source = ObjectSource(object_path)
+        self.pin_dir = pin_dir
+        if pin_dir:
+            ensure_bpffs(pin_dir)  # before anything is loaded or attached
         self.attachments = []
 
     def attach(self, interface, mode="auto", force=False, method="auto"):
@@ -87,16 +143,80 @@ class NetworkMonitor(object):
         if any(a.interface == interface for a in self.attachments):
             raise ProbeError("%s is named twice" % interface)
         interfaces.ifindex(interface)  # a typo fails here, before anything is loaded
-        obj = self.engine.load_bytes(self.object_bytes)
-        try:
-            check_stats_map(obj)  # before the first read: a larger value would overrun the read buffer
-            link = obj.attach_xdp(layout.PROGRAM, interface, mode, force, method)
-        except Exception:
-            obj.close()
-            raise
-        attachment = Attachment(obj, link)
+        pins = PinDir(self.pin_dir, interface) if self.pin_dir else None
+        if pins and pins.exists():
+            attachment = self._take_over(interface, pins)
+        else:
+            obj = self._load()
+            try:
+                xdp = obj.attach_xdp(layout.PROGRAM, interface, mode, force, method)
+            except Exception:
+                obj.close()
+                raise
+            attachment = Attachment(obj, xdp, pins)
+            if pins:
+                self._pin(attachment)
         self.attachments.append(attachment)
         return attachment
+
+    def _load(self, stats_map_fd=None):
+        """Read and load the object (onto an existing stats map, if given), its map checked before any read."""
+        try:
+            data = self.source.read()
+            obj = self.engine.load_bytes(data, reuse_maps={layout.STATS_MAP: stats_map_fd} if stats_map_fd else None)
+            try:
+                check_stats_map(obj)  # before the first read: a larger value would overrun the read buffer
+            except ProbeError:
+                obj.close()
+                raise
+        except ProbeError as e:
+            if self.source.path:
+                e.message = "%s: %s" % (self.source.path, e.message)
+            raise
+        return obj
+
+    def _pin(self, attachment):
+        try:
+            attachment.pins.pin(attachment.object.map_fd(layout.STATS_MAP), getattr(attachment.link, "fd", None))
+        except Exception:
+            attachment.pins.remove()
+            attachment.pins = None  # so closing detaches
+            attachment.close()
+            raise
+
+    def _take_over(self, interface, pins):
+        """Adopt what a previous run left pinned: its map (counters and all), its attachment; then swap in
+        this run's program."""
+        map_fd = pins.open_map()
+        try:
+            obj = self._load(map_fd)
+        finally:
+            os.close(map_fd)
+        try:
+            xdp = link.take_over(interface, pins.open_link())
+        except ProbeError:
+            obj.close()
+            raise
+        attachment = Attachment(obj, xdp, pins)
+        try:
+            attachment.link.update(obj.program_fd(layout.PROGRAM))
+        except ProbeError:
+            attachment.close()
+            raise
+        log.info("%s: took over the program pinned in %s", interface, pins.path)
+        return attachment
+
+    def reload(self):
+        """Read the object again and swap its program in on every interface, counters kept; on failure the
+        running programs stay."""
+        for a in self.attachments:
+            obj = self._load(a.object.map_fd(layout.STATS_MAP))
+            try:
+                a.replace_program(obj)
+            except ProbeError:
+                obj.close()
+                raise
+            a.reloads += 1
 
     def packet_stats(self):
         """{interface: {"rx": counters}} for every attached interface, cumulative since attach."""
@@ -127,8 +247,9 @@ class Reporter(object):
 
     def __init__(self, monitor):
         self.monitor = monitor
-        self._previous = {}
-        self._started = time.monotonic()
+        now = time.monotonic()
+        # Counters may not start at zero (pinned state taken over): rates count from here.
+        self._previous = {a.interface: (now, a.counters("rx")) for a in monitor.attachments}
 
     def reports(self, final=False):
         """One report per interface, in the JSON shape the CLI prints."""
@@ -137,10 +258,10 @@ class Reporter(object):
         out = []
         for a in self.monitor.attachments:
             rx = a.counters("rx")
-            before_time, before = self._previous.get(a.interface, (self._started, None))
+            before_time, before = self._previous[a.interface]
             seconds = now - before_time
-            rx["pps"] = _rate(rx["packets"], before["packets"] if before else 0, seconds)
-            rx["bps"] = _rate(8 * rx["bytes"], 8 * before["bytes"] if before else 0, seconds)
+            rx["pps"] = _rate(rx["packets"], before["packets"], seconds)
+            rx["bps"] = _rate(8 * rx["bytes"], 8 * before["bytes"], seconds)
             self._previous[a.interface] = (now, rx)
             out.append({
                 "time": _iso_utc(wall),
@@ -150,6 +271,8 @@ class Reporter(object):
                 "mode": a.mode,
                 "loader": self.monitor.engine.name,
                 "attach": a.method,
+                "program_id": a.program_id,
+                "reloads": a.reloads,
                 "final": final,
                 "rx": {"packets": rx["packets"], "bytes": rx["bytes"], "pps": rx["pps"], "bps": rx["bps"],
                        "l3": rx["l3"], "l4": rx["l4"]},

@@ -119,7 +119,7 @@ class NativeEngine(Engine):
 
     name = "native"
 
-    def load_bytes(self, data):
+    def load_bytes(self, data, reuse_maps=None):
         try:
             spec = read_object(bytes(data))
         except ProbeError as e:
@@ -132,7 +132,10 @@ class NativeEngine(Engine):
         maps, programs = {}, {}
         try:
             for name, map_spec in sorted(spec.maps.items()):
-                maps[name] = _create_map(map_spec, btf_fd)
+                if reuse_maps and name in reuse_maps:
+                    maps[name] = os.dup(reuse_maps[name])  # this object's own fd of the kernel's map
+                else:
+                    maps[name] = _create_map(map_spec, btf_fd)
             for name, program in sorted(spec.programs.items()):
                 programs[name] = _load_program(program, _relocated(program, maps), spec.license or "")
         except ProbeError:

@@ -19,6 +19,7 @@ IFLA_XDP_FD = 1
 IFLA_XDP_ATTACHED = 2
 IFLA_XDP_FLAGS = 3
 IFLA_XDP_PROG_ID = 4
+IFLA_XDP_EXPECTED_FD = 8
 
 # enum xdp_attach_mode, in iproute2's words
 XDP_ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload", 4: "multi"}
@@ -89,9 +90,12 @@ def xdp_program(ifindex):
     return prog_id, XDP_ATTACHED_MODES.get(attached, "unknown")
 
 
-def xdp_attach(ifindex, prog_fd, flags):
-    """Attach a program through netlink with XDP_FLAGS_* (a mode, UPDATE_IF_NOEXIST); fd -1 detaches."""
+def xdp_attach(ifindex, prog_fd, flags, expected_fd=None):
+    """Attach a program through netlink with XDP_FLAGS_* (a mode, UPDATE_IF_NOEXIST, REPLACE with the
+    expected_fd of the program to replace); fd -1 detaches."""
     xdp = _attr(IFLA_XDP_FD, struct.pack("=i", prog_fd)) + _attr(IFLA_XDP_FLAGS, struct.pack("=I", flags))
+    if expected_fd is not None:
+        xdp += _attr(IFLA_XDP_EXPECTED_FD, struct.pack("=i", expected_fd))
     _request(RTM_SETLINK, NLM_F_ACK, ifindex, _attr(IFLA_XDP | NLA_F_NESTED, xdp))
 
 

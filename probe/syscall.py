@@ -21,10 +21,13 @@ _SYS_BPF = {
 BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_PROG_LOAD = 5
+BPF_OBJ_PIN = 6
+BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_LINK_CREATE = 28
+BPF_LINK_UPDATE = 29
 BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_GET_NEXT_ID = 31
 BPF_LINK_DETACH = 34
@@ -42,10 +45,16 @@ BPF_LINK_TYPE_XDP = 6
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_REPLACE = 1 << 4
+
+BPF_F_REPLACE = 1 << 2  # BPF_LINK_UPDATE: only if the link still runs old_prog_fd
 
 _NAMES = {
     BPF_MAP_CREATE: "BPF_MAP_CREATE",
     BPF_PROG_LOAD: "BPF_PROG_LOAD",
+    BPF_OBJ_PIN: "BPF_OBJ_PIN",
+    BPF_OBJ_GET: "BPF_OBJ_GET",
+    BPF_LINK_UPDATE: "BPF_LINK_UPDATE",
     BPF_BTF_LOAD: "BPF_BTF_LOAD",
     BPF_MAP_LOOKUP_ELEM: "BPF_MAP_LOOKUP_ELEM",
     BPF_PROG_TEST_RUN: "BPF_PROG_TEST_RUN",
@@ -116,6 +125,16 @@ class InfoAttr(ctypes.Structure):
 class LinkCreateAttr(ctypes.Structure):
     """union bpf_attr, BPF_LINK_CREATE (link_create), the fields XDP uses."""
     _fields_ = [("prog_fd", _u32), ("target_ifindex", _u32), ("attach_type", _u32), ("flags", _u32)]
+
+
+class LinkUpdateAttr(ctypes.Structure):
+    """union bpf_attr, BPF_LINK_UPDATE (link_update)."""
+    _fields_ = [("link_fd", _u32), ("new_prog_fd", _u32), ("flags", _u32), ("old_prog_fd", _u32)]
+
+
+class ObjAttr(ctypes.Structure):
+    """union bpf_attr, BPF_OBJ_PIN and BPF_OBJ_GET."""
+    _fields_ = [("pathname", _u64), ("bpf_fd", _u32), ("file_flags", _u32)]
 
 
 class LinkDetachAttr(ctypes.Structure):
@@ -200,9 +219,14 @@ def link_info(fd):
     return _info(fd, LinkInfo())
 
 
+def prog_fd_by_id(prog_id):
+    """A new fd of the loaded program with this id."""
+    return bpf(BPF_PROG_GET_FD_BY_ID, GetIdAttr(id=prog_id))
+
+
 def prog_name_by_id(prog_id):
     """The name of the loaded program with this id."""
-    fd = bpf(BPF_PROG_GET_FD_BY_ID, GetIdAttr(id=prog_id))
+    fd = prog_fd_by_id(prog_id)
     try:
         return prog_info(fd).name.decode("ascii", "replace")
     finally:
@@ -239,10 +263,33 @@ def xdp_link_ids(ifindex):
             ids.append(info.id)
 
 
+def link_update(link_fd, new_prog_fd, old_prog_fd):
+    """Swap the program a link runs, atomically, if it still runs old_prog_fd."""
+    bpf(BPF_LINK_UPDATE, LinkUpdateAttr(link_fd=link_fd, new_prog_fd=new_prog_fd, flags=BPF_F_REPLACE,
+                                        old_prog_fd=old_prog_fd))
+
+
+def obj_pin(fd, path):
+    """Pin a map, program or link at a path on a bpffs."""
+    name = ctypes.create_string_buffer(os.fsencode(path))
+    bpf(BPF_OBJ_PIN, ObjAttr(pathname=ctypes.addressof(name), bpf_fd=fd))
+
+
+def obj_get(path):
+    """A new fd of the object pinned at a path."""
+    name = ctypes.create_string_buffer(os.fsencode(path))
+    return bpf(BPF_OBJ_GET, ObjAttr(pathname=ctypes.addressof(name)))
+
+
+def link_detach(link_fd):
+    """End a link: its program leaves the hook, even while the link is pinned or held elsewhere."""
+    bpf(BPF_LINK_DETACH, LinkDetachAttr(link_fd=link_fd))
+
+
 def link_detach_by_id(link_id):
     """Detach another process's link: its program leaves the hook, its fd stays open but defunct."""
     fd = bpf(BPF_LINK_GET_FD_BY_ID, GetIdAttr(id=link_id))
     try:
-        bpf(BPF_LINK_DETACH, LinkDetachAttr(link_fd=fd))
+        link_detach(fd)
     finally:
         os.close(fd)

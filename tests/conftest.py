@@ -5,6 +5,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYZ = os.path.join(ROOT, "dist", "kubenetprobe.pyz")
+OBJECT = os.path.join(ROOT, "probe", "_bytecode", "kubenetprobe.bpf.o")
 EMPTY_OBJECT = os.path.join(ROOT, "build", "empty.bpf.o")
 IN_CI = os.environ.get("CI") == "true"
 

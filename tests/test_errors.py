@@ -54,7 +54,8 @@ def compile_bpf(tmp_path, source):
     path.write_text(source)
     obj = tmp_path / "test.bpf.o"
     multiarch = sh("gcc", "-print-multiarch").stdout.strip()
-    sh("clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/" + multiarch, "-c", str(path), "-o", str(obj))
+    sh("clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/" + multiarch, "-I" + os.path.join(ROOT, "bpf"),
+       "-c", str(path), "-o", str(obj))
     return obj.read_bytes()
 
 

@@ -23,7 +23,7 @@ def counters(packets_by_l3, bytes_per_packet=100, l4=None):
 
 
 class FakeAttachment(object):
-    interface, ifindex, mode, hook, method = "eth0", 2, "generic", "xdp", "netlink"
+    interface, ifindex, mode, hook, method, program_id, reloads = "eth0", 2, "generic", "xdp", "netlink", 42, 3
 
     def __init__(self):
         self.values = []
@@ -79,8 +79,8 @@ def test_help_teaches(capsys):
 class RecordingMonitor(object):
     """Stands in for NetworkMonitor: records what run() attaches to, and with which loader."""
 
-    def __init__(self, loader):
-        self.loader = loader
+    def __init__(self, loader, pin_dir, object_path):
+        self.loader, self.pin_dir, self.object_path = loader, pin_dir, object_path
         self.attached = []
         RecordingMonitor.last = self
 
@@ -98,7 +98,7 @@ class RecordingMonitor(object):
 @pytest.fixture
 def recording(monkeypatch):
     monkeypatch.setattr(cli, "NetworkMonitor", RecordingMonitor)
-    monkeypatch.setattr(cli, "_Stopper", lambda: None)  # leave pytest's own signal handlers alone
+    monkeypatch.setattr(cli, "_Signals", lambda: None)  # leave pytest's own signal handlers alone
     monkeypatch.setattr(interfaces, "default_interface", lambda: "eth-default")
 
 
@@ -125,6 +125,25 @@ def test_unknown_loader_in_environment(environ):
     with pytest.raises(ProbeError) as e:
         cli.loader_from(environ)
     assert "use one of" in e.value.hint
+
+
+def test_object_from_environment():
+    assert cli.object_from({}) is None
+    assert cli.object_from({"EBPF_IMPLEMENTATION": "cilium", "KUBENETPROBE_OBJECT": "/x.o"}) is None
+    assert cli.object_from({"EBPF_IMPLEMENTATION": "object", "KUBENETPROBE_OBJECT": "/x.o"}) == "/x.o"
+    assert cli.loader_from({"EBPF_IMPLEMENTATION": "object"}) == "auto"
+    with pytest.raises(ProbeError) as e:
+        cli.object_from({"EBPF_IMPLEMENTATION": "object"})
+    assert "$KUBENETPROBE_OBJECT is not set" in e.value.message
+
+
+def test_object_option_beats_environment(recording, monkeypatch):
+    monkeypatch.setenv("EBPF_IMPLEMENTATION", "object")
+    monkeypatch.setenv("KUBENETPROBE_OBJECT", "/from/env.o")
+    assert cli.main(["--object", "/from/option.o", "--pin", "/sys/fs/bpf/x"]) == cli.EXIT_FAILURE
+    assert (RecordingMonitor.last.object_path, RecordingMonitor.last.pin_dir) == ("/from/option.o", "/sys/fs/bpf/x")
+    assert cli.main([]) == cli.EXIT_FAILURE
+    assert RecordingMonitor.last.object_path == "/from/env.o"
 
 
 def test_loader_option_beats_environment(recording, monkeypatch):
@@ -184,7 +203,7 @@ def test_report_shape_and_rates(monkeypatch):
     monkeypatch.setattr("probe.monitor.time.monotonic", lambda: next(clock))
     monkeypatch.setattr("probe.monitor.time.time", lambda: 1700000000.25)
     monitor = FakeMonitor()
-    monitor.attachments[0].values = [counters({"ipv4": 10, "arp": 2}, l4={"udp": 10}),
+    monitor.attachments[0].values = [counters({}), counters({"ipv4": 10, "arp": 2}, l4={"udp": 10}),
                                      counters({"ipv4": 30, "arp": 2}, l4={"udp": 25, "tcp": 5})]
     reporter = Reporter(monitor)  # starts at t=100
     first, = reporter.reports()
@@ -192,7 +211,9 @@ def test_report_shape_and_rates(monkeypatch):
     second, = reporter.reports(final=True)
     assert second["rx"]["pps"] == 20.0 and second["rx"]["bps"] == 8 * 2000.0
     assert second["time"] == "2023-11-14T22:13:20.250Z"
-    assert set(second) == {"time", "interface", "ifindex", "hook", "mode", "loader", "attach", "final", "rx"}
+    assert set(second) == {"time", "interface", "ifindex", "hook", "mode", "loader", "attach", "program_id",
+                           "reloads", "final", "rx"}
+    assert (second["program_id"], second["reloads"]) == (42, 3)
     assert (second["interface"], second["ifindex"], second["hook"], second["mode"], second["final"]) == \
         ("eth0", 2, "xdp", "generic", True)
     assert (second["loader"], second["attach"]) == ("libbpf", "netlink")
@@ -205,10 +226,20 @@ def test_report_shape_and_rates(monkeypatch):
     assert "\n" not in output.format_json(second)
 
 
+def test_rates_count_from_the_counters_found_at_start(monkeypatch):
+    """Pinned state taken over starts with counts: the first rate is not all of them over one interval."""
+    clock = iter([10.0, 11.0])
+    monkeypatch.setattr("probe.monitor.time.monotonic", lambda: next(clock))
+    monitor = FakeMonitor()
+    monitor.attachments[0].values = [counters({"ipv4": 1000}), counters({"ipv4": 1010})]
+    report, = Reporter(monitor).reports()
+    assert report["rx"]["packets"] == 1010 and report["rx"]["pps"] == 10.0
+
+
 def test_zero_interval_has_zero_rates(monkeypatch):
     monkeypatch.setattr("probe.monitor.time.monotonic", lambda: 5.0)
     monitor = FakeMonitor()
-    monitor.attachments[0].values = [counters({"ipv4": 3})]
+    monitor.attachments[0].values = [counters({}), counters({"ipv4": 3})]
     report, = Reporter(monitor).reports()
     assert report["rx"]["pps"] == 0.0 and report["rx"]["bps"] == 0.0
 
@@ -227,7 +258,7 @@ def test_human_rate(n, text):
 
 def sample_report():
     monitor = FakeMonitor()
-    monitor.attachments[0].values = [counters({"ipv4": 4, "ipv6": 1}, l4={"tcp": 3, "icmpv6": 1, "other": 1})]
+    monitor.attachments[0].values = [counters({}), counters({"ipv4": 4, "ipv6": 1}, l4={"tcp": 3, "icmpv6": 1, "other": 1})]
     return Reporter(monitor).reports()[0]
 
 

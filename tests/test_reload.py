@@ -1,0 +1,254 @@
+"""Object files, hot reload and pinned state: the program swapped under traffic without losing one count."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from conftest import OBJECT, PYZ
+from netns import ProbeRun, VethPair, settle, sh
+from test_errors import OTHER_LAYOUT, compile_bpf
+from test_integration import ETH_P_LLDP, eth
+
+pytestmark = pytest.mark.integration
+
+# Sends one frame as fast as it can until SIGTERM, then says how many it sent.
+BLAST = """
+import signal, socket, sys
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+frame = bytes.fromhex(sys.argv[2])
+send = s.send
+sent = 0
+print("sending", flush=True)
+while not stop:
+    for _ in range(1000):
+        send(frame)
+    sent += 1000
+print(sent, flush=True)
+"""
+
+
+# The probe's own map layout, but a packet read without a bounds check: only the verifier can refuse it.
+VERIFIER_REFUSES = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "kubenetprobe.h"
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, KNP_DIR_MAX); __type(key, __u32);
+         __type(value, struct knp_stats); } knp_stats SEC(".maps");
+SEC("xdp")
+int kubenetprobe_rx(struct xdp_md *ctx)
+{
+	unsigned char *data = (void *)(long)ctx->data;
+	__u32 key = KNP_DIR_RX;
+	struct knp_stats *stats = bpf_map_lookup_elem(&knp_stats, &key);
+
+	if (stats)
+		stats->l3[KNP_L3_OTHER].packets++;
+	return data[100] == 1 ? XDP_DROP : XDP_PASS;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+class Blast(object):
+    """The peer sending frames at the highest rate it can, for as long as the `with` lasts."""
+
+    def __init__(self, pair, frame):
+        self.proc = subprocess.Popen(["ip", "netns", "exec", pair.peer_ns, sys.executable, "-c", BLAST,
+                                      pair.peer_if, frame.hex()], stdout=subprocess.PIPE, universal_newlines=True)
+        self.sent = None
+
+    def __enter__(self):
+        assert self.proc.stdout.readline().strip() == "sending"
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.sent = int(self.proc.communicate(timeout=30)[0])
+        settle()
+
+
+@pytest.fixture
+def pair():
+    with VethPair() as p:
+        yield p
+
+
+@pytest.fixture
+def object_file(tmp_path):
+    """A copy of the built object, as someone iterating on bpf/ would point --object at."""
+    path = str(tmp_path / "kubenetprobe.bpf.o")
+    shutil.copy(OBJECT, path)
+    return path
+
+
+@pytest.fixture
+def bpffs():
+    """A bpffs of the test's own, outside /sys (which `ip netns exec` mounts over)."""
+    path = tempfile.mkdtemp(prefix="knp-bpffs-")
+    sh("mount", "-t", "bpf", "bpf", path)
+    yield path
+    sh("umount", path)
+    os.rmdir(path)
+
+
+def reload(probe, expect="reloaded"):
+    """SIGHUP the probe and wait for its word on the reload; returns that line."""
+    probe.proc.send_signal(signal.SIGHUP)
+    line = probe.proc.stderr.readline()
+    assert expect in line, line
+    return line
+
+
+def frame_for(pair):
+    return eth(pair, ETH_P_LLDP, b"\0" * 46)
+
+
+@pytest.mark.parametrize("loader", ["libbpf", "native"])
+@pytest.mark.parametrize("method", ["link", "netlink"])
+def test_reloads_under_traffic_lose_no_count(pair, object_file, loader, method):
+    """25 reloads while the peer sends as fast as it can: the final count is every frame sent."""
+    frame = frame_for(pair)
+    before = pair.counters(pair.probe_ns, pair.probe_if)
+    probe = ProbeRun(pair, "-i", pair.probe_if, "--object", object_file, "--loader", loader, "--attach", method,
+                     "--interval", "60").wait_attached()
+    try:
+        first_program = pair.xdp_program()
+        with Blast(pair, frame) as blast:
+            lines = [reload(probe) for _ in range(25)]
+        final = probe.stop()[pair.probe_if]
+    finally:
+        probe.kill()
+    after = pair.counters(pair.probe_ns, pair.probe_if)
+    assert probe.returncode == 0, probe.stderr
+    assert blast.sent >= 100000, "too little traffic to test anything: %d frames" % blast.sent
+    assert final["rx"]["packets"] == blast.sent == after["rx_packets"] - before["rx_packets"]
+    assert final["rx"]["bytes"] == blast.sent * len(frame)
+    assert final["reloads"] == 25 and "(reload 25)" in lines[-1]
+    assert final["program_id"] != first_program
+    assert pair.xdp_program() is None
+
+
+def test_reload_of_the_embedded_object(pair):
+    probe = ProbeRun(pair, "-i", pair.probe_if, "--interval", "60").wait_attached()
+    try:
+        before = pair.xdp_program()
+        line = reload(probe)
+        pair.send_frames([frame_for(pair)] * 4)
+        settle()
+        final = probe.stop()[pair.probe_if]
+    finally:
+        probe.kill()
+    assert "reloaded the embedded object: knp0 runs program id %d (reload 1)" % final["program_id"] in line
+    assert final["program_id"] != before and final["reloads"] == 1
+    assert final["rx"]["l3"]["other"]["packets"] == 4
+
+
+@pytest.mark.parametrize("broken", ["not-elf", "verifier", "layout"])
+def test_broken_object_on_reload_keeps_the_running_program(pair, object_file, tmp_path, broken):
+    """The old program stays attached and counting, the probe says why, and a fixed object reloads."""
+    good = open(object_file, "rb").read()
+    bad = {"not-elf": lambda: b"\x7fELF but not really",
+           "verifier": lambda: compile_bpf(tmp_path, VERIFIER_REFUSES),
+           "layout": lambda: compile_bpf(tmp_path, OTHER_LAYOUT)}[broken]()
+    frame = frame_for(pair)
+    probe = ProbeRun(pair, "-i", pair.probe_if, "--object", object_file, "--interval", "60").wait_attached()
+    try:
+        running = pair.xdp_program()
+        pair.send_frames([frame] * 5)
+        with open(object_file, "wb") as f:
+            f.write(bad)
+        line = reload(probe, expect="reload failed; the running program stays: %s: " % object_file)
+        assert pair.xdp_program() == running
+        pair.send_frames([frame] * 7)
+        with open(object_file, "wb") as f:
+            f.write(good)
+        reload(probe)
+        pair.send_frames([frame] * 3)
+        settle()
+        final = probe.stop()[pair.probe_if]
+    finally:
+        probe.kill()
+    assert final["rx"]["packets"] == 15 and final["reloads"] == 1
+    reasons = {"not-elf": "truncated object: 19 bytes, shorter than an ELF header", "verifier": "the verifier rejected the program: ",
+               "layout": "the object's map knp_stats has another layout: value_size 8, not 144"}
+    assert reasons[broken] in line, line
+
+
+@pytest.mark.parametrize("method", ["link", "netlink"])
+def test_pinned_state_outlives_the_probe_and_is_taken_over(pair, bpffs, method):
+    """Stop and start the probe during traffic: the second run's final count is everything sent."""
+    pins = os.path.join(bpffs, "knp")
+    frame = frame_for(pair)
+    first = ProbeRun(pair, "-i", pair.probe_if, "--pin", pins, "--attach", method, "--interval", "60")
+    try:
+        first.wait_attached()
+        with Blast(pair, frame) as blast:
+            first_final = first.stop()[pair.probe_if]
+            assert first.returncode == 0, first.stderr
+            assert "left pinned in %s" % pins in first.stderr
+            kept = pair.xdp_program()
+            assert kept is not None, "a pinned program must stay after the probe exits"
+            for name in ("knp_stats",) + (("link",) if method == "link" else ()):
+                st = os.stat(os.path.join(pins, pair.probe_if, name))
+                assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600)
+            second = ProbeRun(pair, "-i", pair.probe_if, "--pin", pins, "--attach", method, "--interval", "60")
+            second.wait_attached(replacing=kept)
+        final = second.stop()[pair.probe_if]
+    finally:
+        first.kill()
+        second.kill()
+    assert second.returncode == 0, second.stderr
+    assert "took over the program pinned in" in second.stderr
+    assert 0 < first_final["rx"]["packets"] < final["rx"]["packets"] == blast.sent
+    assert pair.xdp_program() is not None
+    result = pair.run(pair.probe_ns, sys.executable, PYZ, "detach", "-i", pair.probe_if, "--pin", pins)
+    assert result.returncode == 0
+    assert pair.xdp_program() is None
+    assert os.listdir(pins) == []
+
+
+def test_pin_outside_a_bpffs_is_refused(pair, tmp_path):
+    result = pair.run(pair.probe_ns, sys.executable, PYZ, "-i", pair.probe_if, "--pin", str(tmp_path / "pins"),
+                      "--count", "1", check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("kubenetprobe: error: %s is not on a bpffs" % (tmp_path / "pins"))
+    assert pair.xdp_program() is None
+
+
+def test_pin_mounts_a_bpffs_at_sys_fs_bpf(pair):
+    """Where /sys/fs/bpf has no bpffs (here: the one `ip netns exec` gives), the probe mounts one."""
+    result = pair.run(pair.probe_ns, "sh", "-c", '"$@" && stat -f -c %T /sys/fs/bpf && ls /sys/fs/bpf/knp/knp0',
+                      "sh", sys.executable, PYZ, "-i", pair.probe_if, "--pin", "/sys/fs/bpf/knp", "--count", "1",
+                      "--interval", "0", "--json", check=False)
+    assert result.returncode == 0, result.stderr
+    report, fs_type, files = result.stdout.splitlines()[0], result.stdout.splitlines()[1], result.stdout.split()[-2:]
+    assert json.loads(report)["final"] is True
+    assert fs_type == "bpf_fs" and files == ["knp_stats", "link"]
+
+
+@pytest.mark.parametrize("source,reason", [
+    ("missing-program", "the object has no program kubenetprobe_rx (it has: other_name)"),
+    ("layout", "the object's map knp_stats has another layout: value_size 8, not 144"),
+    ("not-elf", "not an ELF object"),
+])
+def test_object_without_what_the_probe_needs_is_refused(pair, tmp_path, source, reason):
+    """Refused before anything is loaded, naming what differs; nothing attached."""
+    data = {"missing-program": lambda: compile_bpf(tmp_path, OTHER_LAYOUT.replace("kubenetprobe_rx", "other_name")),
+            "layout": lambda: compile_bpf(tmp_path, OTHER_LAYOUT),
+            "not-elf": lambda: b"just text"}[source]()
+    path = tmp_path / "object.o"
+    path.write_bytes(data)
+    result = pair.run(pair.probe_ns, sys.executable, PYZ, "-i", pair.probe_if, "--object", str(path),
+                      "--count", "1", check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("kubenetprobe: error: %s: " % path), result.stderr
+    assert reason in result.stderr and len(result.stderr.splitlines()) == 1
+    assert pair.xdp_program() is None
