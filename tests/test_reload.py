@@ -182,12 +182,14 @@ def test_broken_object_on_reload_keeps_the_running_program(pair, object_file, tm
     assert reasons[broken] in line, line
 
 
+@pytest.mark.parametrize("loader", ["libbpf", "native"])
 @pytest.mark.parametrize("method", ["link", "netlink"])
-def test_pinned_state_outlives_the_probe_and_is_taken_over(pair, bpffs, method):
+def test_pinned_state_outlives_the_probe_and_is_taken_over(pair, bpffs, method, loader):
     """Stop and start the probe during traffic: the second run's final count is everything sent."""
     pins = os.path.join(bpffs, "knp")
     frame = frame_for(pair)
-    first = ProbeRun(pair, "-i", pair.probe_if, "--pin", pins, "--attach", method, "--interval", "60")
+    options = ["-i", pair.probe_if, "--pin", pins, "--attach", method, "--loader", loader, "--interval", "60"]
+    first, second = ProbeRun(pair, *options), None
     try:
         first.wait_attached()
         with Blast(pair, frame) as blast:
@@ -199,12 +201,13 @@ def test_pinned_state_outlives_the_probe_and_is_taken_over(pair, bpffs, method):
             for name in ("knp_stats",) + (("link",) if method == "link" else ()):
                 st = os.stat(os.path.join(pins, pair.probe_if, name))
                 assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600)
-            second = ProbeRun(pair, "-i", pair.probe_if, "--pin", pins, "--attach", method, "--interval", "60")
+            second = ProbeRun(pair, *options)
             second.wait_attached(replacing=kept)
         final = second.stop()[pair.probe_if]
     finally:
-        first.kill()
-        second.kill()
+        for probe in (first, second):
+            if probe:
+                probe.kill()
     assert second.returncode == 0, second.stderr
     assert "took over the program pinned in" in second.stderr
     assert 0 < first_final["rx"]["packets"] < final["rx"]["packets"] == blast.sent
