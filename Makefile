@@ -28,7 +28,7 @@ deps:
 ensure-deps:
 	@for tool in $(TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
 	[ -f /usr/include/bpf/bpf_helpers.h ] || missing=1; \
-	$(VPY) -c "import pytest, shiv" 2>/dev/null || missing=1; \
+	$(VPY) -c "import pytest, shiv, vermin" 2>/dev/null || missing=1; \
 	if [ -n "$$missing" ]; then $(MAKE) --no-print-directory deps; fi
 
 build-ebpf: $(OBJ)

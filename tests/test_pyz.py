@@ -29,10 +29,10 @@ def interpreters():
     return sorted(found.items(), key=lambda item: (tuple(map(int, item[1].split("."))), item[0]))
 
 
-def count_frames(pair, *wrapper, **kwargs):
-    """Run the pyz (inside `wrapper`), send 5 frames, and return its final report of the probe's interface."""
+def count_frames(pair, *args, **kwargs):
+    """Run the pyz with `args`, send 5 frames, and check its final report of the probe's interface."""
     frame = eth(pair, ETH_P_LLDP, b"\0" * 46)
-    probe = ProbeRun(pair, "-i", pair.probe_if, "--interval", "60", **kwargs).wait_attached()
+    probe = ProbeRun(pair, "-i", pair.probe_if, "--interval", "60", *args, **kwargs).wait_attached()
     try:
         pair.send_frames([frame] * 5)
         settle()
@@ -41,13 +41,14 @@ def count_frames(pair, *wrapper, **kwargs):
         probe.kill()
     assert probe.returncode == 0, probe.stderr
     assert final[pair.probe_if]["rx"]["l3"]["other"] == {"packets": 5, "bytes": 5 * len(frame)}
-    return probe
+    assert final[pair.probe_if]["loader"] == args[args.index("--loader") + 1]
 
 
+@pytest.mark.parametrize("loader", ["libbpf", "native"])
 @pytest.mark.parametrize("python,version", interpreters(), ids=lambda v: v if "/" not in v else None)
-def test_runs_and_counts_on_every_python(python, version):
+def test_runs_and_counts_on_every_python(python, version, loader):
     with VethPair() as pair:
-        count_frames(pair, python=python)
+        count_frames(pair, "--loader", loader, python=python)
 
 
 def test_runs_with_read_only_root_and_home(tmp_path):

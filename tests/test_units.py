@@ -2,7 +2,10 @@
 import errno
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -451,3 +454,13 @@ def test_missing_library_is_one_clear_error():
     with pytest.raises(ProbeError) as e:
         LibbpfEngine(sonames=("libbpf-does-not-exist.so.9",))
     assert "libbpf not found" in e.value.message and "apt-get install libbpf1" in e.value.hint
+
+
+def test_runtime_code_needs_nothing_newer_than_python_3_6():
+    """vermin finds no syntax or standard-library use newer than 3.6 in probe/ (the .pyz runs on 3.6 in the
+    integration tests too, but only along the paths they take)."""
+    probe_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "probe")
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "vermin"), "-t=3.6-", "--no-tips",
+                             "--violations", probe_dir],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    assert result.returncode == 0, result.stdout
