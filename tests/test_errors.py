@@ -12,6 +12,7 @@ import pytest
 
 from conftest import PYZ, ROOT
 from netns import VethPair, sh, without_libbpf
+from probe.errors import ProbeError
 
 pytestmark = pytest.mark.integration
 
@@ -206,3 +207,13 @@ def test_object_with_another_map_layout(tmp_path, pair):
     assert result.stderr == ("kubenetprobe: error: the object's map knp_stats has another layout: value_size 8, "
                              "not 144; rebuild the object from this version's bpf/ (make build-ebpf)\n")
     assert pair.xdp_program() is None
+
+
+def test_native_loader_grows_the_log_buffer_for_the_verifier(tmp_path, monkeypatch):
+    """A verifier log longer than the buffer (ENOSPC) is fetched again whole, with the reason at its end."""
+    from probe import native
+    monkeypatch.setattr(native, "_LOG_SIZE", 64)
+    with pytest.raises(ProbeError) as refused:
+        native.NativeEngine().load_bytes(compile_bpf(tmp_path, UNCHECKED_READ))
+    assert refused.value.message == "the verifier rejected the program: R1 offset is outside of the packet"
+    assert len(refused.value.log) > 64 and "processed" in refused.value.log
