@@ -273,6 +273,50 @@ def parse_btf(data):
     return btf
 
 
+BTF_EXT_HEADER_SIZE = 24  # struct btf_ext_header, up to line_info_len
+
+
+def parse_ext_infos(data, btf):
+    """The func_info and line_info records of a .BTF.ext section:
+    {"func_info" or "line_info": (record size, {code section name: [record bytes]})}."""
+    data, order = bytes(data), btf.byteorder
+    if len(data) < BTF_EXT_HEADER_SIZE:
+        raise ProbeError("truncated .BTF.ext: %d bytes" % len(data))
+    magic, version, flags, hdr_len = struct.unpack_from(order + "HBBI", data)
+    if magic != BTF_MAGIC or version != BTF_VERSION or flags:
+        raise ProbeError("unsupported .BTF.ext: magic 0x%04x, version %d, flags 0x%x" % (magic, version, flags))
+    if hdr_len < BTF_EXT_HEADER_SIZE or hdr_len > len(data):
+        raise ProbeError("malformed .BTF.ext: header length %d (data has %d bytes)" % (hdr_len, len(data)))
+    offsets = struct.unpack_from(order + "IIII", data, 8)
+    infos = {}
+    for what, (offset, length), min_size in (("func_info", offsets[:2], 8), ("line_info", offsets[2:], 16)):
+        infos[what] = _ext_info(_section(data, hdr_len, offset, length, what), btf, order, what, min_size)
+    return infos
+
+
+def _ext_info(data, btf, order, what, min_size):
+    """(record size, {section name: [records]}) of one .BTF.ext info block."""
+    if not data:
+        return min_size, {}
+    if len(data) < 4:
+        raise ProbeError("malformed .BTF.ext: %s of %d bytes" % (what, len(data)))
+    rec_size = struct.unpack_from(order + "I", data)[0]
+    if rec_size < min_size or rec_size % 4:
+        raise ProbeError("malformed .BTF.ext: %s records of %d bytes" % (what, rec_size))
+    sections, pos = {}, 4
+    while pos < len(data):
+        if pos + 8 > len(data):
+            raise ProbeError("malformed .BTF.ext: %s cut short at byte %d" % (what, pos))
+        name_off, count = struct.unpack_from(order + "II", data, pos)
+        pos += 8
+        if pos + count * rec_size > len(data):
+            raise ProbeError("malformed .BTF.ext: %s holds %d records past its end" % (what, count))
+        name = _name(btf.strings, name_off, what + " section")
+        sections.setdefault(name, []).extend(data[pos + i * rec_size:pos + (i + 1) * rec_size] for i in range(count))
+        pos += count * rec_size
+    return rec_size, sections
+
+
 def _section(data, hdr_len, offset, length, what):
     start = hdr_len + offset
     if start + length > len(data):

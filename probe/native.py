@@ -84,20 +84,44 @@ def _relocated(program, map_fds):
     return bytes(insns)
 
 
-def _load_program(program, insns, license):
-    """The fd of a loaded program; a refusal is retried once with the verifier's log, for the reason."""
+def _with_btf(attr, program, btf_fd, buffers):
+    """A copy of the load attr that describes the program with its BTF: functions and source lines."""
+    described = syscall.ProgLoadAttr.from_buffer_copy(attr)
+    described.prog_btf_fd = btf_fd
+    for what in ("func_info", "line_info"):
+        rec_size, records = getattr(program, what)
+        buffers.append(ctypes.create_string_buffer(records, len(records)))
+        setattr(described, what + "_rec_size", rec_size)
+        setattr(described, what, ctypes.addressof(buffers[-1]))
+        setattr(described, what + "_cnt", len(records) // rec_size)
+    return described
+
+
+def _load_program(program, insns, license, btf_fd):
+    """The fd of a loaded program, described by its BTF where the kernel takes that; a refusal is retried
+    with the verifier's log, for the reason."""
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(license.encode("ascii", "replace"))
     attr = syscall.ProgLoadAttr(prog_type=program.prog_type, insn_cnt=len(insns) // BPF_INSN_SIZE,
                                 insns=ctypes.addressof(code), license=ctypes.addressof(lic),
                                 prog_name=_name(program.name),
                                 expected_attach_type=_EXPECTED_ATTACH_TYPE.get(program.prog_type, 0))
-    try:
-        return syscall.bpf(syscall.BPF_PROG_LOAD, attr)
-    except ProbeError as e:
-        if e.errno not in (errno.EACCES, errno.EINVAL):
-            raise permission_error(e) or e
-        first = e
+    buffers = []
+    attempts = [attr]
+    if btf_fd is not None and program.func_info and program.line_info:
+        attempts.insert(0, _with_btf(attr, program, btf_fd, buffers))
+    first = None
+    for attempt in attempts:
+        try:
+            return syscall.bpf(syscall.BPF_PROG_LOAD, attempt)
+        except ProbeError as e:
+            if e.errno not in (errno.EACCES, errno.EINVAL):
+                raise permission_error(e) or e
+            first = first or e
+            log.debug("native: the kernel refused program %s%s (%s)", program.name,
+                      " with its BTF" if attempt is not attr else "", e.message)
+    # Refused with and without its BTF: the program itself. Once more, for the verifier's words.
+    attr = attempts[0]
     size = _LOG_SIZE
     while True:
         buf = ctypes.create_string_buffer(size)
@@ -137,7 +161,7 @@ class NativeEngine(Engine):
                 else:
                     maps[name] = _create_map(map_spec, btf_fd)
             for name, program in sorted(spec.programs.items()):
-                programs[name] = _load_program(program, _relocated(program, maps), spec.license or "")
+                programs[name] = _load_program(program, _relocated(program, maps), spec.license or "", btf_fd)
         except ProbeError:
             NativeObject(programs, maps, btf_fd).close()
             raise

@@ -1,4 +1,6 @@
 """ObjectSpec: the maps and programs of a BPF ELF object, read and checked before anything is loaded."""
+import struct
+
 from probe import btf as _btf
 from probe import elf
 from probe.errors import ProbeError
@@ -45,7 +47,8 @@ class MapSpec(object):
 class ProgramSpec(object):
     """A program: its instructions as in the object, and where they load a map's address."""
 
-    __slots__ = ("name", "section", "prog_type", "instructions", "map_relocations", "offset")
+    __slots__ = ("name", "section", "prog_type", "instructions", "map_relocations", "offset", "func_info",
+                 "line_info")
 
     def __init__(self, name, section, prog_type, instructions, map_relocations, offset=0):
         self.name = name
@@ -54,6 +57,10 @@ class ProgramSpec(object):
         self.instructions = instructions  # bytes, 8 per instruction
         self.map_relocations = map_relocations  # [(index in instructions, map name)], each on an ld_imm64
         self.offset = offset  # in its section, in bytes: what .BTF.ext's func and line info count from
+        # (record size, bytes) of the program's bpf_func_info and bpf_line_info records for BPF_PROG_LOAD,
+        # their instruction offsets counted in instructions from the program's start; None without .BTF.ext.
+        self.func_info = None
+        self.line_info = None
 
     def __repr__(self):
         return "ProgramSpec(%r, section=%r, prog_type=%d, %d instructions, map_relocations=%r)" % (
@@ -92,6 +99,8 @@ def read_object(data):
     btf_ext_section = f.section_by_name(BTF_EXT_SECTION)
     # Like libbpf, .BTF.ext is ignored without the .BTF its records point into.
     btf_ext = f.section_data(btf_ext_section) if btf_ext_section is not None and types else None
+    if btf_ext is not None:
+        _attach_ext_infos(_btf.parse_ext_infos(btf_ext, types), programs, types.byteorder)
     return ObjectSpec(maps, programs, license, _fixed_up_btf(f, types), btf_ext,
                       "little" if f.byteorder == "<" else "big")
 
@@ -253,6 +262,22 @@ def _relocate(f, section, programs, relocations, maps):
             raise ProbeError("%s: relocation to map '%s' on opcode 0x%02x, not a whole ld_imm64" %
                              (where, name, opcode))
         program.map_relocations.append((index, rel.symbol.name))
+
+
+def _attach_ext_infos(infos, programs, order):
+    """Give each program its func_info and line_info records, offsets turned into its own instruction indexes."""
+    for what, (rec_size, sections) in sorted(infos.items()):
+        for program in programs.values():
+            start, end = program.offset, program.offset + len(program.instructions)
+            records = []
+            for record in sections.get(program.section, ()):
+                insn_off = struct.unpack_from(order + "I", record)[0]
+                if start <= insn_off < end:
+                    if insn_off % BPF_INSN_SIZE:
+                        raise ProbeError("program '%s': %s at byte %d, not on an instruction" %
+                                         (program.name, what, insn_off))
+                    records.append(struct.pack(order + "I", (insn_off - start) // BPF_INSN_SIZE) + record[4:])
+            setattr(program, what, (rec_size, b"".join(records)) if records else None)
 
 
 def _program_at(section, programs, offset):

@@ -177,7 +177,8 @@ def test_broken_object_on_reload_keeps_the_running_program(pair, object_file, tm
     finally:
         probe.kill()
     assert final["rx"]["packets"] == 15 and final["reloads"] == 1
-    reasons = {"not-elf": "truncated object: 19 bytes, shorter than an ELF header", "verifier": "the verifier rejected the program: ",
+    reasons = {"not-elf": "truncated object: 19 bytes, shorter than an ELF header",
+               "verifier": "the verifier rejected the program: ",
                "layout": "the object's map knp_stats has another layout: value_size 8, not 144"}
     assert reasons[broken] in line, line
 

@@ -2,6 +2,7 @@
 
 No privileges, no kernel. bpftool, llvm-objdump and clang (installed by `make deps`) serve as references.
 """
+import json
 import os
 import random
 import re
@@ -533,3 +534,52 @@ def test_big_endian_object(tmp_path, objspec):
     fixed = btf.parse_btf(s.btf)
     assert fixed.byteorder == ">"
     assert fixed.find(".maps", btf.BTF_KIND_DATASEC).size == 32
+
+
+def test_func_and_line_info(objspec, data):
+    """.BTF.ext's records, per program, counted in instructions from the program's start."""
+    prog = objspec.programs[layout.PROGRAM]
+    rec_size, records = prog.func_info
+    assert rec_size == 8 and len(records) == 8  # one function, the program, at instruction 0
+    insn, type_id = struct.unpack("<II", records)
+    assert insn == 0
+    f = elf.ElfFile(data)
+    func = btf.parse_btf(f.section_data(f.section_by_name(".BTF"))).type_by_id(type_id)
+    assert (func.kind, func.name) == (btf.BTF_KIND_FUNC, layout.PROGRAM)
+    rec_size, records = prog.line_info
+    insns = [struct.unpack_from("<I", records, i)[0] for i in range(0, len(records), rec_size)]
+    assert rec_size == 16 and len(insns) > 10
+    assert insns == sorted(insns) and insns[0] == 0 and insns[-1] < len(prog.instructions) // 8
+
+
+@pytest.mark.parametrize("damage", ["magic", "records past the end", "record size"])
+def test_damaged_btf_ext(data, damage):
+    f = elf.ElfFile(data)
+    section = f.section_by_name(".BTF.ext")
+    blob = bytearray(data)
+    start = section.offset
+    hdr_len, func_off = struct.unpack_from("<II", blob, start + 4)
+    if damage == "magic":
+        blob[start] ^= 0xFF
+    elif damage == "records past the end":
+        struct.pack_into("<I", blob, start + hdr_len + func_off + 8, 1 << 20)  # num_info of the first block
+    else:
+        struct.pack_into("<I", blob, start + hdr_len + func_off, 3)
+    with pytest.raises(ProbeError) as e:
+        spec.read_object(bytes(blob))
+    assert ".BTF.ext" in str(e.value)
+
+
+@pytest.mark.integration
+def test_native_loader_gives_the_kernel_the_programs_btf():
+    """Loaded natively, the program has BTF (bpftool shows its btf_id and source lines), as with libbpf."""
+    from probe.bytecode import embedded_object
+    from probe.native import NativeEngine
+    with NativeEngine().load_bytes(embedded_object()) as obj:
+        prog_id = syscall.prog_info(obj.program_fd(layout.PROGRAM)).id
+        shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)],
+                                          stdout=subprocess.PIPE, check=True).stdout)
+        dump = subprocess.run(["bpftool", "prog", "dump", "xlated", "id", str(prog_id)], stdout=subprocess.PIPE,
+                              universal_newlines=True, check=True).stdout
+    assert shown.get("btf_id", 0) > 0
+    assert "; __u32 key = KNP_DIR_RX;" in dump

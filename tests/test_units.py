@@ -261,7 +261,8 @@ def test_human_rate(n, text):
 
 def sample_report():
     monitor = FakeMonitor()
-    monitor.attachments[0].values = [counters({}), counters({"ipv4": 4, "ipv6": 1}, l4={"tcp": 3, "icmpv6": 1, "other": 1})]
+    monitor.attachments[0].values = [counters({}),
+                                     counters({"ipv4": 4, "ipv6": 1}, l4={"tcp": 3, "icmpv6": 1, "other": 1})]
     return Reporter(monitor).reports()[0]
 
 
