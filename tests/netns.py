@@ -236,6 +236,12 @@ class ProbeRun(object):
             self.proc.kill()
         self.proc.communicate()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+
 
 def settle():
     """Give frames in flight time to arrive before the counters are read."""

@@ -82,8 +82,7 @@ def test_counts_exactly(distro, root):
     """Chrooted in the release, the pyz loads with its libbpf (or natively, without one), counts a known
     mix of frames exactly, and detaches."""
     with VethPair() as pair:
-        probe = rootfs.ChrootProbeRun(pair, root, "-i", pair.probe_if, "--interval", "60")
-        try:
+        with rootfs.ChrootProbeRun(pair, root, "-i", pair.probe_if, "--interval", "60") as probe:
             probe.wait_attached(timeout=20)
             mapped = probe.mapped_libbpf()
             mix = frame_mix(pair)
@@ -91,8 +90,6 @@ def test_counts_exactly(distro, root):
             pair.send_frames([f for rnd in range(max(t for *_, t in mix)) for f, _, _, t in mix if rnd < t])
             settle()
             final = probe.stop()
-        finally:
-            probe.kill()
         assert probe.returncode == 0, probe.stderr
         assert pair.xdp_program() is None, "the probe left its program attached"
     if distro.libbpf:

@@ -73,10 +73,9 @@ def kernel_counters(pair):
 def test_counts_known_traffic_exactly(pair, mode, method, loader):
     """ping, UDP, TCP and raw frames: each class counted exactly, totals equal to the kernel's, with every
     loader, attach method and mode."""
-    probe = ProbeRun(pair, "-i", pair.probe_if, "--mode", mode, "--attach", method, "--loader", loader,
-                     "--interval", "60")
-    probe.wait_attached()
-    try:
+    with ProbeRun(pair, "-i", pair.probe_if, "--mode", mode, "--attach", method, "--loader", loader,
+                  "--interval", "60") as probe:
+        probe.wait_attached()
         before = kernel_counters(pair)
         pair.ping(7)
         pair.send_udp(11, 300)
@@ -88,8 +87,6 @@ def test_counts_known_traffic_exactly(pair, mode, method, loader):
         settle()
         after = kernel_counters(pair)
         final = probe.stop()[pair.probe_if]
-    finally:
-        probe.kill()
     assert probe.returncode == 0, probe.stderr
     rx = final["rx"]
     assert tcp_packets > 0
@@ -197,25 +194,21 @@ def test_other_program_is_not_replaced_without_force(pair):
 
 def test_second_probe_is_refused_and_force_takes_over(pair):
     """Another process's bpf_link is refused too; --force detaches it."""
-    first = ProbeRun(pair, "-i", pair.probe_if, "--interval", "60").wait_attached()
-    try:
+    with ProbeRun(pair, "-i", pair.probe_if, "--interval", "60") as first:
+        first.wait_attached()
         ours = pair.xdp_program()
         refused = pair.run(pair.probe_ns, sys.executable, PYZ, "-i", pair.probe_if, "--count", "1", "--interval",
                            "0", check=False)
         assert refused.returncode == 1
         assert "id %d (kubenetprobe_rx)" % ours in refused.stderr
         assert pair.xdp_program() == ours
-        second = ProbeRun(pair, "-i", pair.probe_if, "--force", "--interval", "60").wait_attached(replacing=ours)
-        try:
+        with ProbeRun(pair, "-i", pair.probe_if, "--force", "--interval", "60") as second:
+            second.wait_attached(replacing=ours)
             assert pair.xdp_program() not in (None, ours)
             pair.ping(2)
             settle()
             assert second.stop()[pair.probe_if]["rx"]["l4"]["icmp"]["packets"] == 2
-        finally:
-            second.kill()
         assert pair.xdp_program() is None
-    finally:
-        first.kill()
 
 
 def test_two_interfaces_count_separately():
@@ -224,15 +217,13 @@ def test_two_interfaces_count_separately():
         # Move b's probe end into a's namespace under another name, so one probe sees both.
         b.run(b.probe_ns, "ip", "link", "set", b.probe_if, "name", "knp2", "netns", a.probe_ns)
         a.run(a.probe_ns, "ip", "link", "set", "knp2", "up")
-        probe = ProbeRun(a, "-i", a.probe_if, "-i", "knp2", "--interval", "60").wait_attached()
-        try:
+        with ProbeRun(a, "-i", a.probe_if, "-i", "knp2", "--interval", "60") as probe:
+            probe.wait_attached()
             frame = eth(a, ETH_P_LLDP, b"\0" * 50)
             a.send_frames([frame] * 3)
             b.send_frames([frame] * 5)
             settle()
             finals = probe.stop()
-        finally:
-            probe.kill()
         assert finals[a.probe_if]["rx"]["l3"]["other"] == {"packets": 3, "bytes": 3 * len(frame)}
         assert finals["knp2"]["rx"]["l3"]["other"] == {"packets": 5, "bytes": 5 * len(frame)}
 

@@ -32,13 +32,11 @@ def interpreters():
 def count_frames(pair, *args, **kwargs):
     """Run the pyz with `args`, send 5 frames, and check its final report of the probe's interface."""
     frame = eth(pair, ETH_P_LLDP, b"\0" * 46)
-    probe = ProbeRun(pair, "-i", pair.probe_if, "--interval", "60", *args, **kwargs).wait_attached()
-    try:
+    with ProbeRun(pair, "-i", pair.probe_if, "--interval", "60", *args, **kwargs) as probe:
+        probe.wait_attached()
         pair.send_frames([frame] * 5)
         settle()
         final = probe.stop()
-    finally:
-        probe.kill()
     assert probe.returncode == 0, probe.stderr
     assert final[pair.probe_if]["rx"]["l3"]["other"] == {"packets": 5, "bytes": 5 * len(frame)}
     assert final[pair.probe_if]["loader"] == args[args.index("--loader") + 1]
@@ -73,14 +71,11 @@ def test_picks_the_native_loader_without_libbpf():
     """libbpf made invisible to the pyz alone: auto takes the native loader, says so under -v, counts exactly."""
     with VethPair() as pair:
         frame = eth(pair, ETH_P_LLDP, b"\0" * 46)
-        probe = ProbeRun(pair, "-v", "-i", pair.probe_if, "--interval", "60", wrapper=without_libbpf())
-        probe.wait_attached()
-        try:
+        with ProbeRun(pair, "-v", "-i", pair.probe_if, "--interval", "60", wrapper=without_libbpf()) as probe:
+            probe.wait_attached()
             pair.send_frames([frame] * 7)
             settle()
             final = probe.stop()[pair.probe_if]
-        finally:
-            probe.kill()
     assert probe.returncode == 0, probe.stderr
     assert final["loader"] == "native"
     assert final["rx"]["l3"]["other"] == {"packets": 7, "bytes": 7 * len(frame)}

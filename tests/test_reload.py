@@ -1,4 +1,5 @@
 """Object files, hot reload and pinned state: the program swapped under traffic without losing one count."""
+import contextlib
 import json
 import os
 import shutil
@@ -117,15 +118,13 @@ def test_reloads_under_traffic_lose_no_count(pair, object_file, loader, method):
     """25 reloads while the peer sends as fast as it can: the final count is every frame sent."""
     frame = frame_for(pair)
     before = pair.counters(pair.probe_ns, pair.probe_if)
-    probe = ProbeRun(pair, "-i", pair.probe_if, "--object", object_file, "--loader", loader, "--attach", method,
-                     "--interval", "60").wait_attached()
-    try:
+    with ProbeRun(pair, "-i", pair.probe_if, "--object", object_file, "--loader", loader, "--attach", method,
+                  "--interval", "60") as probe:
+        probe.wait_attached()
         first_program = pair.xdp_program()
         with Blast(pair, frame) as blast:
             lines = [reload(probe) for _ in range(25)]
         final = probe.stop()[pair.probe_if]
-    finally:
-        probe.kill()
     after = pair.counters(pair.probe_ns, pair.probe_if)
     assert probe.returncode == 0, probe.stderr
     assert blast.sent >= 100000, "too little traffic to test anything: %d frames" % blast.sent
@@ -137,15 +136,13 @@ def test_reloads_under_traffic_lose_no_count(pair, object_file, loader, method):
 
 
 def test_reload_of_the_embedded_object(pair):
-    probe = ProbeRun(pair, "-i", pair.probe_if, "--interval", "60").wait_attached()
-    try:
+    with ProbeRun(pair, "-i", pair.probe_if, "--interval", "60") as probe:
+        probe.wait_attached()
         before = pair.xdp_program()
         line = reload(probe)
         pair.send_frames([frame_for(pair)] * 4)
         settle()
         final = probe.stop()[pair.probe_if]
-    finally:
-        probe.kill()
     assert "reloaded the embedded object: knp0 runs program id %d (reload 1)" % final["program_id"] in line
     assert final["program_id"] != before and final["reloads"] == 1
     assert final["rx"]["l3"]["other"]["packets"] == 4
@@ -159,8 +156,8 @@ def test_broken_object_on_reload_keeps_the_running_program(pair, object_file, tm
            "verifier": lambda: compile_bpf(tmp_path, VERIFIER_REFUSES),
            "layout": lambda: compile_bpf(tmp_path, OTHER_LAYOUT)}[broken]()
     frame = frame_for(pair)
-    probe = ProbeRun(pair, "-i", pair.probe_if, "--object", object_file, "--interval", "60").wait_attached()
-    try:
+    with ProbeRun(pair, "-i", pair.probe_if, "--object", object_file, "--interval", "60") as probe:
+        probe.wait_attached()
         running = pair.xdp_program()
         pair.send_frames([frame] * 5)
         with open(object_file, "wb") as f:
@@ -174,8 +171,6 @@ def test_broken_object_on_reload_keeps_the_running_program(pair, object_file, tm
         pair.send_frames([frame] * 3)
         settle()
         final = probe.stop()[pair.probe_if]
-    finally:
-        probe.kill()
     assert final["rx"]["packets"] == 15 and final["reloads"] == 1
     reasons = {"not-elf": "truncated object: 19 bytes, shorter than an ELF header",
                "verifier": "the verifier rejected the program: ",
@@ -190,8 +185,8 @@ def test_pinned_state_outlives_the_probe_and_is_taken_over(pair, bpffs, method, 
     pins = os.path.join(bpffs, "knp")
     frame = frame_for(pair)
     options = ["-i", pair.probe_if, "--pin", pins, "--attach", method, "--loader", loader, "--interval", "60"]
-    first, second = ProbeRun(pair, *options), None
-    try:
+    with contextlib.ExitStack() as runs:
+        first = runs.enter_context(ProbeRun(pair, *options))
         first.wait_attached()
         with Blast(pair, frame) as blast:
             first_final = first.stop()[pair.probe_if]
@@ -202,13 +197,9 @@ def test_pinned_state_outlives_the_probe_and_is_taken_over(pair, bpffs, method, 
             for name in ("knp_stats",) + (("link",) if method == "link" else ()):
                 st = os.stat(os.path.join(pins, pair.probe_if, name))
                 assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600)
-            second = ProbeRun(pair, *options)
+            second = runs.enter_context(ProbeRun(pair, *options))
             second.wait_attached(replacing=kept)
         final = second.stop()[pair.probe_if]
-    finally:
-        for probe in (first, second):
-            if probe:
-                probe.kill()
     assert second.returncode == 0, second.stderr
     assert "took over the program pinned in" in second.stderr
     assert 0 < first_final["rx"]["packets"] < final["rx"]["packets"] == blast.sent
