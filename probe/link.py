@@ -47,6 +47,7 @@ class XdpAttachment(object):
     """An XDP program on an interface: `method` says how ("link" or "netlink"), `mode` what the kernel took."""
 
     hook = "xdp"
+    fd = None  # the bpf_link's fd: netlink attachments have none
 
     def __init__(self, interface, index, mode, method):
         self.interface = interface

@@ -117,6 +117,7 @@ class Attachment(object):
         self.link.update(obj.program_fd(layout.PROGRAM))
         self.object, old = obj, self.object
         old.close()
+        self.reloads += 1
 
     def close(self):
         """Detach, unless pinned: then the program goes on counting into its pinned map."""
@@ -177,7 +178,7 @@ class NetworkMonitor(object):
 
     def _pin(self, attachment):
         try:
-            attachment.pins.pin(attachment.object.map_fd(layout.STATS_MAP), getattr(attachment.link, "fd", None))
+            attachment.pins.pin(attachment.object.map_fd(layout.STATS_MAP), attachment.link.fd)
         except Exception:
             attachment.pins.remove()
             attachment.pins = None  # so closing detaches
@@ -216,7 +217,6 @@ class NetworkMonitor(object):
             except ProbeError:
                 obj.close()
                 raise
-            a.reloads += 1
 
     def packet_stats(self):
         """{interface: {"rx": counters}} for every attached interface, cumulative since attach."""
