@@ -9,7 +9,7 @@ BPF_CFLAGS := -O2 -g -target bpf -Wall -I/usr/include/$(MULTIARCH) -fdebug-prefi
 OBJ        := probe/_bytecode/kubenetprobe.bpf.o
 EMPTY_OBJ  := build/empty.bpf.o
 PYZ        := dist/kubenetprobe.pyz
-APT_PACKAGES := clang llvm gcc libc6-dev libbpf-dev libbpf1 bpftool iproute2 iputils-ping python3-venv ethtool debootstrap
+APT_PACKAGES := clang llvm gcc libc6-dev libbpf-dev libbpf1 bpftool iproute2 iputils-ping python3-venv ethtool debootstrap procps python3
 TOOLS      := $(CLANG) $(STRIP) gcc bpftool ip ping ethtool debootstrap
 
 .PHONY: all deps ensure-deps build-ebpf build test test-unit test-integration run bench clean

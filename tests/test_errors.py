@@ -60,9 +60,9 @@ def compile_bpf(tmp_path, source):
     return obj.read_bytes()
 
 
-def run_pyz(*args, pyz=PYZ, wrapper=(), ns=None, check_one_line=True):
+def run_pyz(*args, pyz=PYZ, wrapper=(), ns=None, check_one_line=True, python=sys.executable):
     """Run the pyz; for failures, check the one-line contract."""
-    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(wrapper) + [sys.executable, pyz] + list(args)
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(wrapper) + [python, pyz] + list(args)
     result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     if check_one_line and result.returncode == 1:
         assert result.stderr.startswith("kubenetprobe: error: "), result.stderr
@@ -125,8 +125,9 @@ def public_pyz():
 def test_not_root(public_pyz, pair, loader):
     """Without privileges: the one line says to run as root."""
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+    # The system's Python: an unprivileged user may not reach one under /root.
     result = run_pyz("-i", pair.probe_if, "--count", "1", "--loader", loader, pyz=public_pyz, ns=pair.probe_ns,
-                     wrapper=nobody)
+                     wrapper=nobody, python="/usr/bin/python3")
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("kubenetprobe: error: permission denied")
     assert "run as root" in result.stderr
