@@ -1,4 +1,5 @@
 """The probe's one error type."""
+import errno as _errno
 
 
 class ProbeError(Exception):
@@ -15,3 +16,12 @@ class ProbeError(Exception):
         if self.hint:
             return "%s; %s" % (self.message, self.hint)
         return self.message
+
+
+def permission_error(e):
+    """The one error for EPERM/EACCES anywhere (keeping the cause's log), or None for other errors."""
+    if e.errno in (_errno.EPERM, _errno.EACCES):
+        return ProbeError("permission denied (%s)" % e.message,
+                          hint="run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON", errno=e.errno,
+                          log=e.log)
+    return None

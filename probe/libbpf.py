@@ -4,8 +4,7 @@ import errno
 
 from probe import log
 from probe.engine import Engine, LoadedObject, raise_memlock_limit, verifier_error
-from probe.errors import ProbeError
-from probe.link import permission_error
+from probe.errors import ProbeError, permission_error
 
 SONAMES = ("libbpf.so.1", "libbpf.so.0")
 _MAX_ERRNO = 4095
@@ -209,7 +208,6 @@ class LibbpfEngine(Engine):
         e = ProbeError("%s: %s" % (what, self._strerror(err)), errno=err, log=text or None)
         perm = permission_error(e)
         if perm:
-            perm.log = e.log
             return perm
         lines = [l for l in text.splitlines() if l.strip()]
         if lines:

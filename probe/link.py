@@ -3,7 +3,7 @@ import errno
 import os
 
 from probe import interfaces, log, netlink, syscall
-from probe.errors import ProbeError
+from probe.errors import ProbeError, permission_error
 
 MODES = ("auto", "native", "generic")
 METHODS = ("auto", "link", "netlink")
@@ -227,11 +227,3 @@ def detach(interface, force=False, pins=None):
                          hint="--force removes it anyway")
     current.remove()
     return current
-
-
-def permission_error(e):
-    """The one error for EPERM/EACCES anywhere, or None for other errors."""
-    if e.errno in (errno.EPERM, errno.EACCES):
-        return ProbeError("permission denied (%s)" % e.message,
-                          hint="run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON", errno=e.errno)
-    return None

@@ -6,8 +6,7 @@ import sys
 
 from probe import log, syscall
 from probe.engine import Engine, LoadedObject, raise_memlock_limit, verifier_error
-from probe.errors import ProbeError
-from probe.link import permission_error
+from probe.errors import ProbeError, permission_error
 from probe.spec import BPF_INSN_SIZE, read_object
 
 BPF_PSEUDO_MAP_FD = 1  # ld_imm64 src_reg: imm holds a map fd
@@ -43,8 +42,9 @@ def _load_btf(blob):
         return syscall.bpf(syscall.BPF_BTF_LOAD, syscall.BtfLoadAttr(btf=ctypes.addressof(data),
                                                                      btf_size=len(blob)))
     except ProbeError as e:
-        if permission_error(e):
-            raise permission_error(e)
+        perm = permission_error(e)
+        if perm:
+            raise perm
         log.debug("native: the kernel does not take the object's BTF (%s); loading without it", e.message)
         return None
 
