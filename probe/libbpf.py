@@ -2,7 +2,7 @@
 import ctypes
 import errno
 
-from probe import log
+from probe import log, syscall
 from probe.engine import Engine, LoadedObject, raise_memlock_limit, verifier_error
 from probe.errors import ProbeError, permission_error
 
@@ -35,9 +35,17 @@ _OPTIONAL = {
     "libbpf_minor_version": (ctypes.c_uint32, []),
 }
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.vasprintf.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_char_p, ctypes.c_void_p]
-_libc.free.argtypes = [_p]
+
+def _bind(lib, name, restype, argtypes):
+    fn = getattr(lib, name)
+    fn.restype = restype
+    fn.argtypes = argtypes
+    return fn
+
+
+_vasprintf = _bind(syscall.libc, "vasprintf", ctypes.c_int,
+                   [ctypes.POINTER(ctypes.c_char_p), ctypes.c_char_p, _p])
+_free = _bind(syscall.libc, "free", None, [_p])
 
 
 class _Log(object):
@@ -53,14 +61,14 @@ class _Log(object):
     def _print(self, level, fmt, args):
         out = ctypes.c_char_p()
         # va_list is passed on untouched; libc formats it.
-        if _libc.vasprintf(ctypes.byref(out), fmt, args) < 0:
+        if _vasprintf(ctypes.byref(out), fmt, args) < 0:
             return 0
         try:
             text = out.value.decode("utf-8", "replace")
         finally:
-            _libc.free(ctypes.cast(out, _p))
+            _free(ctypes.cast(out, _p))
         self.lines.append(text)
-        if not _has_verifier_log(text):
+        if verifier_log(text) is None:
             for line in text.rstrip("\n").splitlines():
                 log.debug("%s", line)
         return 0
@@ -81,20 +89,9 @@ def _open_library(sonames):
                      hint="install it (apt-get install libbpf1, or dnf install libbpf)")
 
 
-def _bind(lib, name, restype, argtypes):
-    fn = getattr(lib, name)
-    fn.restype = restype
-    fn.argtypes = argtypes
-    return fn
-
-
 # How libbpf frames the verifier's log: 1.x, and 0.x (which returns -LIBBPF_ERRNO__VERIFY, not EACCES).
 _VERIFIER_LOG_MARKS = (("-- BEGIN PROG LOAD LOG --", "-- END PROG LOAD LOG --"),
                        ("-- BEGIN DUMP LOG ---", "-- END LOG --"))
-
-
-def _has_verifier_log(text):
-    return any(begin in text for begin, _ in _VERIFIER_LOG_MARKS)
 
 
 def verifier_log(text):

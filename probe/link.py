@@ -30,10 +30,7 @@ class Holder(object):
 
     def remove(self):
         """Take the program off the hook: detach its bpf_link, or unset it through netlink."""
-        link_ids = syscall.xdp_link_ids(self.ifindex)
-        for link_id in link_ids:
-            syscall.link_detach_by_id(link_id)
-        if not link_ids:
+        if not syscall.detach_xdp_links(self.ifindex):
             netlink.xdp_detach(self.ifindex, _MODE_FLAGS.get(self.mode, 0))
 
 

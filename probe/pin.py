@@ -11,12 +11,9 @@ BPF_FS_MAGIC = 0xCAFE4A11
 DEFAULT_BPFFS = "/sys/fs/bpf"
 LINK = "link"
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def _fs_type(path):
     buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field, a long
-    if _libc.statfs(os.fsencode(path), buf) != 0:
+    if syscall.libc.statfs(os.fsencode(path), buf) != 0:
         err = ctypes.get_errno()
         raise ProbeError("statfs %s: %s" % (path, os.strerror(err)), errno=err)
     return ctypes.c_ulong.from_buffer(buf).value & 0xFFFFFFFF
@@ -35,7 +32,7 @@ def ensure_bpffs(root):
         return
     inside_default = root == DEFAULT_BPFFS or root.startswith(DEFAULT_BPFFS + "/")
     if inside_default and _fs_type(DEFAULT_BPFFS) != BPF_FS_MAGIC:
-        if _libc.mount(b"bpf", DEFAULT_BPFFS.encode(), b"bpf", 0, b"mode=0700") != 0:
+        if syscall.libc.mount(b"bpf", DEFAULT_BPFFS.encode(), b"bpf", 0, b"mode=0700") != 0:
             err = ctypes.get_errno()
             raise ProbeError("cannot mount a bpffs at %s: %s" % (DEFAULT_BPFFS, os.strerror(err)), errno=err)
         return

@@ -1,5 +1,6 @@
 """The bpf(2) system call and the attr structs of the commands the probe uses, through libc alone."""
 import ctypes
+import errno
 import os
 
 from probe.errors import ProbeError
@@ -165,17 +166,18 @@ class LinkInfo(ctypes.Structure):
                 ("_union", ctypes.c_uint8 * 28)]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
+libc = ctypes.CDLL(None, use_errno=True)  # the process's C library, for every module that calls into it
+_syscall = libc.syscall
 _syscall.restype = ctypes.c_long
+_MACHINE = os.uname().machine
+_NR_BPF = _SYS_BPF.get(_MACHINE)
 
 
 def bpf(cmd, attr):
     """Run bpf(cmd, &attr) and return its result; a failure raises ProbeError with the errno."""
-    nr = _SYS_BPF.get(os.uname().machine)
-    if nr is None:
-        raise ProbeError("no bpf(2) syscall number known for %s" % os.uname().machine)
-    ret = _syscall(ctypes.c_long(nr), ctypes.c_int(cmd), ctypes.byref(attr),
+    if _NR_BPF is None:
+        raise ProbeError("no bpf(2) syscall number known for %s" % _MACHINE)
+    ret = _syscall(ctypes.c_long(_NR_BPF), ctypes.c_int(cmd), ctypes.byref(attr),
                    ctypes.c_uint(ctypes.sizeof(attr)))
     if ret < 0:
         err = ctypes.get_errno()
@@ -239,16 +241,17 @@ def link_create_xdp(prog_fd, ifindex, flags):
                                                attach_type=BPF_XDP, flags=flags))
 
 
-def xdp_link_ids(ifindex):
-    """Ids of the XDP bpf_links on an interface (any process's)."""
-    ids = []
+def detach_xdp_links(ifindex):
+    """Detach the XDP bpf_links on an interface, any process's (their fds stay open but defunct); returns
+    how many there were."""
+    detached = 0
     attr = GetIdAttr(id=0)
     while True:
         try:
             bpf(BPF_LINK_GET_NEXT_ID, attr)
         except ProbeError as e:
-            if e.errno == 2:  # ENOENT: no more links
-                return ids
+            if e.errno == errno.ENOENT:  # no more links
+                return detached
             raise
         attr.id = attr.next_id
         try:
@@ -257,10 +260,11 @@ def xdp_link_ids(ifindex):
             continue  # gone meanwhile
         try:
             info = link_info(fd)
+            if info.type == BPF_LINK_TYPE_XDP and info.ifindex == ifindex:
+                link_detach(fd)
+                detached += 1
         finally:
             os.close(fd)
-        if info.type == BPF_LINK_TYPE_XDP and info.ifindex == ifindex:
-            ids.append(info.id)
 
 
 def link_update(link_fd, new_prog_fd, old_prog_fd):
@@ -285,11 +289,3 @@ def link_detach(link_fd):
     """End a link: its program leaves the hook, even while the link is pinned or held elsewhere."""
     bpf(BPF_LINK_DETACH, LinkDetachAttr(link_fd=link_fd))
 
-
-def link_detach_by_id(link_id):
-    """Detach another process's link: its program leaves the hook, its fd stays open but defunct."""
-    fd = bpf(BPF_LINK_GET_FD_BY_ID, GetIdAttr(id=link_id))
-    try:
-        link_detach(fd)
-    finally:
-        os.close(fd)
