@@ -17,6 +17,7 @@ What libbpf does to an object's BTF before BPF_BTF_LOAD, and whether this module
 """
 import struct
 
+from probe.elf import cstring
 from probe.errors import ProbeError
 
 BTF_MAGIC = 0xEB9F
@@ -326,10 +327,7 @@ def _section(data, hdr_len, offset, length, what):
 
 
 def _name(strings, offset, what):
-    if offset >= len(strings):
-        raise ProbeError("malformed BTF: name of %s at string offset %d, past the string section (%d bytes)" %
-                         (what, offset, len(strings)))
-    return strings[offset:strings.index(b"\0", offset)].decode("utf-8", "replace")
+    return cstring(strings, offset, "malformed BTF: name of " + what)
 
 
 def _parse_types(data, strings, order):
