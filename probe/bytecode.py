@@ -1,14 +1,6 @@
 """The compiled XDP object embedded in the package, checked against its SHA-256 before use."""
+import hashlib
 import os
-
-try:
-    # The built-in SHA-256 (3.12+ calls its module _sha2): hashlib would load OpenSSL, ~4 MB and ~3 ms.
-    from _sha256 import sha256
-except ImportError:
-    try:
-        from _sha2 import sha256
-    except ImportError:
-        from hashlib import sha256
 
 from probe.errors import ProbeError
 
@@ -30,7 +22,7 @@ def embedded_object():
     """The embedded ELF object's bytes, after checking them against the SHA-256 built with them."""
     data = _read(OBJECT)
     expected = _read(OBJECT + ".sha256").decode("ascii", "replace").strip()[:64]
-    if sha256(data).hexdigest() != expected:
+    if hashlib.sha256(data).hexdigest() != expected:
         raise ProbeError("the embedded XDP object is damaged (SHA-256 mismatch)",
                          hint="rebuild kubenetprobe.pyz or copy it again")
     return data
