@@ -13,6 +13,7 @@ other version, and the native loader's modules (used where libbpf is missing), r
 bytecode leaves out docstrings and column positions (-OO, -X no_debug_ranges): a third of its size.
 """
 import argparse
+import datetime
 import hashlib
 import os
 import shutil
@@ -68,7 +69,7 @@ def build(output):
     """Write the zipapp to `output`."""
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH_DEFAULT))
     env = Environment(
-        built_at=__import__("datetime").datetime.utcfromtimestamp(epoch).strftime(BUILD_AT_TIMESTAMP_FORMAT),
+        built_at=datetime.datetime.utcfromtimestamp(epoch).strftime(BUILD_AT_TIMESTAMP_FORMAT),
         shiv_version=shiv_version,
         entry_point=ENTRY_POINT,
         compile_pyc=False,
@@ -89,30 +90,25 @@ def build(output):
     os.chmod(str(output), 0o755)
 
 
-def start_modules(site_packages):
-    """The package's modules that a usual start imports: the command's, and the libbpf engine's."""
-    code = ("import sys; sys.path.insert(0, '.'); import probe.cli, probe.libbpf; "
-            "print(' '.join(m for m in sys.modules if m.startswith('probe')))")
-    names = subprocess.run([sys.executable, "-I", "-c", code], cwd=str(site_packages), check=True,
-                           stdout=subprocess.PIPE, universal_newlines=True).stdout.split()
-    return [site_packages / (name.replace(".", "/") + ("/__init__.py" if name == "probe" else ".py"))
-            for name in names]
-
-
-COMPILE = """
-import py_compile, sys
-for source, compiled, name in zip(*[iter(sys.argv[1:])] * 3):
-    py_compile.compile(source, cfile=compiled, dfile=name, doraise=True, optimize=2,
+# Run in the staged site-packages: import what a usual start imports (the command and the libbpf engine),
+# compile each of those modules into the folder argv[1], and print their paths.
+COMPILE_START_MODULES = """
+import os, py_compile, sys
+sys.path.insert(0, ".")
+import probe.cli, probe.libbpf
+for name in sorted(m for m in sys.modules if m == "probe" or m.startswith("probe.")):
+    path = os.path.relpath(sys.modules[name].__file__)
+    py_compile.compile(path, cfile=os.path.join(sys.argv[1], path + "c"), dfile=path, doraise=True, optimize=2,
                        invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    print(path)
 """
 
 
 def add_bytecode(output, site_packages, scratch, date_time):
     """Append a hash-checked .pyc of each module of a usual start, compiled by this Python, beside its source."""
-    sources = sorted(start_modules(site_packages))
-    names = [source.relative_to(site_packages).as_posix() for source in sources]
-    jobs = [str(arg) for source, name in zip(sources, names) for arg in (source, scratch / (name + "c"), name)]
-    subprocess.run([sys.executable, "-I", "-X", "no_debug_ranges", "-c", COMPILE] + jobs, check=True)
+    names = subprocess.run([sys.executable, "-I", "-B", "-X", "no_debug_ranges", "-c", COMPILE_START_MODULES,
+                            str(scratch)], cwd=str(site_packages), check=True, stdout=subprocess.PIPE,
+                           universal_newlines=True).stdout.split()
     with zipfile.ZipFile(str(output), "a", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in names:
             compiled = scratch / (name + "c")
