@@ -20,7 +20,6 @@ import shlex
 import shutil
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from frames import ETH_IP, ETH_IPV6, HOPOPTS, TCP, UDP, ether, ipv4, ipv6_chain, tcp, udp  # noqa: E402
 from probe import layout  # noqa: E402
 from probe.bytecode import embedded_object  # noqa: E402
 from probe.errors import ProbeError  # noqa: E402
@@ -143,36 +143,14 @@ main()
 
 # ---- frames ----------------------------------------------------------------------------------------------
 
-def ethernet(ethertype):
-    """An Ethernet header between two locally administered MACs."""
-    return b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + struct.pack("!H", ethertype)
-
-
-def ipv4_checksum(header):
-    """The one's-complement checksum of an IPv4 header."""
-    total = sum(struct.unpack("!%dH" % (len(header) // 2), header))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def ipv4_udp_frame(size=64):
-    """A `size`-byte Ethernet/IPv4/UDP frame (no FCS), 10.0.0.1:40000 -> 10.0.0.2:53."""
-    payload = b"\x00" * (size - 14 - 20 - 8)
-    udp = struct.pack("!HHHH", 40000, 53, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
-                     bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
-    ip = ip[:10] + struct.pack("!H", ipv4_checksum(ip)) + ip[12:]
-    return ethernet(0x0800) + ip + udp
+    """A `size`-byte Ethernet/IPv4/UDP frame (no FCS)."""
+    return ether(ETH_IP, ipv4(UDP, udp(bytes(size - 14 - 20 - 8))))
 
 
 def ipv6_hopopts_tcp_frame():
-    """An Ethernet/IPv6 frame with a hop-by-hop options header before a TCP SYN: fd00::1 -> fd00::2:443."""
-    tcp = struct.pack("!HHIIBBHHH", 40000, 443, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
-    hopopts = struct.pack("!BB", 6, 0) + b"\x01\x04\x00\x00\x00\x00"  # next: TCP; PadN to 8 bytes
-    src, dst = b"\xfd" + b"\x00" * 14 + b"\x01", b"\xfd" + b"\x00" * 14 + b"\x02"
-    ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(hopopts) + len(tcp), 0, 64, src, dst)
-    return ethernet(0x86DD) + ip6 + hopopts + tcp
+    """An Ethernet/IPv6 frame with a hop-by-hop options header before a TCP SYN."""
+    return ether(ETH_IPV6, ipv6_chain([(HOPOPTS, 0)], TCP, tcp()))
 
 
 FRAMES = (("IPv4/UDP", ipv4_udp_frame()), ("IPv6/HBH/TCP", ipv6_hopopts_tcp_frame()))

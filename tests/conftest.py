@@ -1,5 +1,9 @@
 """Shared test setup: the `integration` marker (root, the kernel, namespaces) and where the builds are."""
+import hashlib
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +12,21 @@ PYZ = os.path.join(ROOT, "dist", "kubenetprobe.pyz")
 OBJECT = os.path.join(ROOT, "probe", "_bytecode", "kubenetprobe.bpf.o")
 EMPTY_OBJECT = os.path.join(ROOT, "build", "empty.bpf.o")
 IN_CI = os.environ.get("CI") == "true"
+
+
+def compile_bpf(folder, source, target="bpf"):
+    """Compile BPF C source (bpf/ on the include path) as `make build-ebpf` does; returns the object's path."""
+    clang = shutil.which("clang")
+    if clang is None:
+        pytest.skip("clang is not installed (make deps)")
+    multiarch = subprocess.run(["gcc", "-print-multiarch"], stdout=subprocess.PIPE,
+                               universal_newlines=True).stdout.strip()
+    name = Path(str(folder), hashlib.sha256((target + source).encode()).hexdigest()[:16])
+    name.with_suffix(".c").write_text(source)
+    subprocess.run([clang, "-O2", "-g", "-target", target, "-I/usr/include/" + multiarch,
+                    "-I" + os.path.join(ROOT, "bpf"), "-c", str(name.with_suffix(".c")), "-o",
+                    str(name.with_suffix(".o"))], check=True)
+    return name.with_suffix(".o")
 
 
 def pytest_configure(config):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import frames
 from conftest import PYZ
 
 _serial = itertools.count()
@@ -151,6 +152,10 @@ class VethPair(object):
         return (info.get("xdp") or {}).get("prog", {}).get("id")
 
     # Traffic, always from the peer's end towards the probe's.
+
+    def frame(self, ethertype, payload=b"", tags=()):
+        """An Ethernet frame from the peer's end to the probe's (frames.ether with their MACs)."""
+        return frames.ether(ethertype, payload, tags, dst=self.probe_mac, src=self.peer_mac)
 
     def send_frames(self, frames):
         """Send raw Ethernet frames (bytes) out of the peer's interface."""

@@ -1,7 +1,6 @@
 """How the XDP program classifies and counts frames (BPF_PROG_TEST_RUN), and the counters' layout (BTF)."""
 import errno
 import json
-import os
 import random
 import shutil
 import struct
@@ -9,80 +8,16 @@ import subprocess
 
 import pytest
 
-from probe import bytecode, layout, syscall
+from conftest import OBJECT
+from frames import (AH, DSTOPTS, ETH_ARP, ETH_IP, ETH_IPV6, ETH_LLDP, FRAGMENT, GRE, HOPOPTS, ICMP, ICMPV6,
+                    IPIP, NONXT, ROUTING, TCP, UDP, VLAN_AD, VLAN_Q, arp, ether, icmp, ipv4, ipv6, ipv6_chain,
+                    tcp, udp)
+from probe import layout, syscall
 from probe.bytecode import embedded_object
 from probe.errors import ProbeError
 from probe.monitor import check_stats_map, read_counters
 
 XDP_PASS = 2
-OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(bytecode.__file__)), "_bytecode", bytecode.OBJECT)
-
-# Ethertypes
-ETH_IP, ETH_IPV6, ETH_ARP, ETH_LLDP = 0x0800, 0x86DD, 0x0806, 0x88CC
-VLAN_Q, VLAN_AD = 0x8100, 0x88A8
-# IP protocol numbers / IPv6 next headers
-HOPOPTS, ICMP, IPIP, TCP, UDP, ROUTING, FRAGMENT, GRE, AH, ICMPV6, NONXT, DSTOPTS = (
-    0, 1, 4, 6, 17, 43, 44, 47, 51, 58, 59, 60)
-FILLER = 0xFF  # body byte of extension headers: a parser that misjudges a length reads it as next header 255
-
-
-# ---------------------------------------------------------------------------------------------- frame builders
-
-def ether(ethertype, payload=b"", tags=()):
-    """An Ethernet frame: MACs, one 4-byte VLAN tag per TPID in `tags`, the ethertype, the payload."""
-    frame = bytes.fromhex("020000000002" "020000000001")
-    for vid, tpid in enumerate(tags, start=100):
-        frame += struct.pack("!HH", tpid, vid)
-    return frame + struct.pack("!H", ethertype) + payload
-
-
-def ipv4(proto, payload=b"", ihl=5):
-    """An IPv4 header of `ihl` 32-bit words (options are NOPs; ihl < 5 still writes 20 bytes), then payload."""
-    options = b"\x01" * max(0, ihl * 4 - 20)
-    header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 20 + len(options) + len(payload), 1, 0, 64, proto, 0,
-                         bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
-    return header + options + payload
-
-
-def ipv6(nexthdr, payload=b""):
-    """A 40-byte IPv6 header announcing `nexthdr`, then payload."""
-    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nexthdr, 64,
-                       bytes.fromhex("fd00" + "00" * 13 + "01"), bytes.fromhex("fd00" + "00" * 13 + "02")) + payload
-
-
-def ext_header(kind, nexthdr, hdrlen=0):
-    """An IPv6 extension header: fragment 8 bytes (hdrlen in its reserved byte), AH (hdrlen+2)*4, else (hdrlen+1)*8."""
-    size = {FRAGMENT: 8, AH: (hdrlen + 2) * 4}.get(kind, (hdrlen + 1) * 8)
-    return struct.pack("!BB", nexthdr, hdrlen) + bytes([FILLER]) * (size - 2)
-
-
-def ipv6_chain(exts, upper, payload=b""):
-    """IPv6 with the extension headers `exts` ((kind, hdrlen) pairs) in order, the last announcing `upper`."""
-    kinds = [kind for kind, _ in exts]
-    body = b"".join(ext_header(kind, nexthdr, hdrlen) for (kind, hdrlen), nexthdr in zip(exts, kinds[1:] + [upper]))
-    return ipv6(kinds[0] if kinds else upper, body + payload)
-
-
-def tcp(payload=b""):
-    """A 20-byte TCP header (SYN), then payload."""
-    return struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 5 << 4, 0x02, 65535, 0, 0) + payload
-
-
-def udp(payload=b""):
-    """An 8-byte UDP header, then payload."""
-    return struct.pack("!HHHH", 40000, 53, 8 + len(payload), 0) + payload
-
-
-def icmp(kind=8):
-    """An 8-byte ICMP (type 8) or ICMPv6 (type 128) echo request header."""
-    return struct.pack("!BBHHH", kind, 0, 0, 1, 1)
-
-
-def arp():
-    """A 28-byte ARP request for IPv4 over Ethernet."""
-    return struct.pack("!HHBBH6s4s6s4s", 1, ETH_IP, 6, 4, 1, bytes.fromhex("020000000001"), bytes([10, 0, 0, 1]),
-                       bytes(6), bytes([10, 0, 0, 2]))
-
 
 # ------------------------------------------------------------------------------------------------------ the cases
 
@@ -302,7 +237,7 @@ def btf():
     bpftool = find_bpftool()
     if not bpftool:
         pytest.skip("bpftool is not installed (apt-get install bpftool)")
-    out = subprocess.run([bpftool, "-j", "btf", "dump", "file", OBJECT_PATH, "format", "raw"],
+    out = subprocess.run([bpftool, "-j", "btf", "dump", "file", OBJECT, "format", "raw"],
                          check=True, capture_output=True, text=True).stdout
     return {t["id"]: t for t in json.loads(out)["types"]}
 

@@ -2,17 +2,17 @@
 import os
 import re
 import shutil
-import struct
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import rootfs
-from conftest import PYZ
-from netns import VethPair, settle, sh
+from conftest import PYZ, compile_bpf
+from netns import VethPair, settle
 from rootfs import Distro
 from test_errors import UNCHECKED_READ, pyz_with_object
-from test_integration import ETH_P_IPV6, eth, raw_frames
+from frames import ETH_IP, ETH_IPV6, ICMPV6, TCP, icmp, ipv4, ipv6, tcp
+from test_integration import raw_frames
 
 pytestmark = pytest.mark.integration
 
@@ -58,13 +58,9 @@ def root(roots, distro):
 
 def frame_mix(pair):
     """Frames of every class, each sent a different number of times: [(frame, l3, l4 or None, times)]."""
-    tcp = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 2, 0, 64, 6, 0, bytes([10, 77, 0, 2]), bytes([10, 77, 0, 99])) \
-        + struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
-    icmpv6 = struct.pack("!IHBB16s16s", 6 << 28, 8, 58, 64, b"\xfd" + b"\0" * 15, b"\xfd" + b"\0" * 14 + b"\1") \
-        + struct.pack("!BBHHH", 128, 0, 0, 1, 1)
-    frames = raw_frames(pair) + [(eth(pair, 0x0800, tcp), "ipv4", "tcp"),
-                                 (eth(pair, ETH_P_IPV6, icmpv6), "ipv6", "icmpv6")]
-    return [(frame, l3, l4, times) for (frame, l3, l4), times in zip(frames, (3, 1, 4, 6, 5, 9, 2))]
+    mix = raw_frames(pair) + [(pair.frame(ETH_IP, ipv4(TCP, tcp())), "ipv4", "tcp"),
+                              (pair.frame(ETH_IPV6, ipv6(ICMPV6, icmp(128))), "ipv6", "icmpv6")]
+    return [(frame, l3, l4, times) for (frame, l3, l4), times in zip(mix, (3, 1, 4, 6, 5, 9, 2))]
 
 
 def expected_counts(mix, level, classes):
@@ -128,11 +124,7 @@ def test_verbose_shows_libbpfs_messages(distro, root):
 @pytest.fixture(scope="module")
 def refused_objects(tmp_path_factory):
     """Copies of the pyz whose embedded object libbpf cannot open, or the verifier refuses: name -> pyz."""
-    source = tmp_path_factory.mktemp("src") / "bad.bpf.c"
-    source.write_text(UNCHECKED_READ)
-    obj = source.with_suffix(".o")
-    sh("clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/" + sh("gcc", "-print-multiarch").stdout.strip(),
-       "-c", str(source), "-o", str(obj))
+    obj = compile_bpf(tmp_path_factory.mktemp("src"), UNCHECKED_READ)
     return {"not-elf": pyz_with_object(tmp_path_factory.mktemp("not-elf"), b"not an ELF file at all"),
             "verifier": pyz_with_object(tmp_path_factory.mktemp("verifier"), obj.read_bytes())}
 

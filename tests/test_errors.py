@@ -10,8 +10,8 @@ import zipfile
 
 import pytest
 
-from conftest import PYZ, ROOT
-from netns import VethPair, sh, without_libbpf
+from conftest import PYZ, compile_bpf
+from netns import VethPair, without_libbpf
 from probe.errors import ProbeError
 
 pytestmark = pytest.mark.integration
@@ -47,17 +47,6 @@ int kubenetprobe_rx(struct xdp_md *ctx)
 }
 char LICENSE[] SEC("license") = "GPL";
 """
-
-
-def compile_bpf(tmp_path, source):
-    """Compile BPF C source into an object, as make build-ebpf does; returns its bytes."""
-    path = tmp_path / "test.bpf.c"
-    path.write_text(source)
-    obj = tmp_path / "test.bpf.o"
-    multiarch = sh("gcc", "-print-multiarch").stdout.strip()
-    sh("clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/" + multiarch, "-I" + os.path.join(ROOT, "bpf"),
-       "-c", str(path), "-o", str(obj))
-    return obj.read_bytes()
 
 
 def run_pyz(*args, pyz=PYZ, wrapper=(), ns=None, check_one_line=True, python=sys.executable):
@@ -184,7 +173,7 @@ def test_object_that_is_not_elf(tmp_path, pair):
 @pytest.mark.parametrize("loader", ["libbpf", "native"])
 def test_verifier_rejection(tmp_path, pair, loader):
     """One line with the verifier's reason; -v adds the traceback and the verifier's whole log."""
-    pyz = pyz_with_object(tmp_path, compile_bpf(tmp_path, UNCHECKED_READ))
+    pyz = pyz_with_object(tmp_path, compile_bpf(tmp_path, UNCHECKED_READ).read_bytes())
     result = run_pyz("-i", pair.probe_if, "--count", "1", "--loader", loader, pyz=pyz, ns=pair.probe_ns)
     assert result.returncode == 1
     assert result.stderr.startswith("kubenetprobe: error: the verifier rejected the program: "), result.stderr
@@ -202,7 +191,7 @@ def test_verifier_rejection(tmp_path, pair, loader):
 
 def test_object_with_another_map_layout(tmp_path, pair):
     """Refused before anything is attached or read, naming what differs."""
-    pyz = pyz_with_object(tmp_path, compile_bpf(tmp_path, OTHER_LAYOUT))
+    pyz = pyz_with_object(tmp_path, compile_bpf(tmp_path, OTHER_LAYOUT).read_bytes())
     result = run_pyz("-i", pair.probe_if, "--count", "1", pyz=pyz, ns=pair.probe_ns)
     assert result.returncode == 1
     assert result.stderr == ("kubenetprobe: error: the object's map knp_stats has another layout: value_size 8, "
@@ -215,6 +204,6 @@ def test_native_loader_grows_the_log_buffer_for_the_verifier(tmp_path, monkeypat
     from probe import native
     monkeypatch.setattr(native, "_LOG_SIZE", 64)
     with pytest.raises(ProbeError) as refused:
-        native.NativeEngine().load_bytes(compile_bpf(tmp_path, UNCHECKED_READ))
+        native.NativeEngine().load_bytes(compile_bpf(tmp_path, UNCHECKED_READ).read_bytes())
     assert refused.value.message == "the verifier rejected the program: R1 offset is outside of the packet"
     assert len(refused.value.log) > 64 and "processed" in refused.value.log

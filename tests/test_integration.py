@@ -2,19 +2,18 @@
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import EMPTY_OBJECT, PYZ
+from conftest import EMPTY_OBJECT, PYZ, ROOT
+from frames import ETH_ARP, ETH_IP, ETH_IPV6, ETH_LLDP, ICMP, UDP, VLAN_Q, arp, icmp, ipv4, ipv6, udp
 from netns import ProbeRun, VethPair, settle
 
 pytestmark = pytest.mark.integration
 
-ETH_P_ARP, ETH_P_IPV6, ETH_P_LLDP, ETH_P_8021Q = 0x0806, 0x86DD, 0x88CC, 0x8100
 
 
 @pytest.fixture
@@ -24,25 +23,14 @@ def pair():
         yield p
 
 
-def eth(pair, ethertype, payload):
-    return bytes.fromhex(pair.probe_mac.replace(":", "") + pair.peer_mac.replace(":", "")) \
-        + struct.pack("!H", ethertype) + payload
-
-
 def raw_frames(pair):
     """Frames of the classes ping and sockets do not make: (frame, l3, l4 or None)."""
-    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, b"\x02" * 6, bytes([10, 77, 0, 2]), b"\0" * 6,
-                      bytes([10, 77, 0, 9]))
-    ipv6_udp = struct.pack("!IHBB16s16s", 6 << 28, 8, 17, 64, b"\xfd" + b"\0" * 15, b"\xfd" + b"\0" * 14 + b"\1") \
-        + struct.pack("!HHHH", 1000, 9, 8, 0)
-    ipv4_icmp = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 1, 0, 64, 1, 0, bytes([10, 77, 0, 2]),
-                            bytes([10, 77, 0, 99])) + struct.pack("!BBHHH", 8, 0, 0, 1, 1)
     return [
-        (eth(pair, ETH_P_ARP, arp), "arp", None),
-        (eth(pair, ETH_P_IPV6, ipv6_udp), "ipv6", "udp"),
-        (eth(pair, ETH_P_LLDP, b"\0" * 30), "other", None),
-        (eth(pair, ETH_P_8021Q, struct.pack("!HH", 5, 0x0800) + ipv4_icmp), "ipv4", "icmp"),
-        (eth(pair, 0x0800, ipv4_icmp[:12]), "ipv4", "other"),  # IPv4 header cut short
+        (pair.frame(ETH_ARP, arp()), "arp", None),
+        (pair.frame(ETH_IPV6, ipv6(UDP, udp())), "ipv6", "udp"),
+        (pair.frame(ETH_LLDP, bytes(30)), "other", None),
+        (pair.frame(ETH_IP, ipv4(ICMP, icmp()), tags=(VLAN_Q,)), "ipv4", "icmp"),
+        (pair.frame(ETH_IP, ipv4(ICMP, icmp())[:12]), "ipv4", "other"),  # IPv4 header cut short
     ]
 
 
@@ -219,7 +207,7 @@ def test_two_interfaces_count_separately():
         a.run(a.probe_ns, "ip", "link", "set", "knp2", "up")
         with ProbeRun(a, "-i", a.probe_if, "-i", "knp2", "--interval", "60") as probe:
             probe.wait_attached()
-            frame = eth(a, ETH_P_LLDP, b"\0" * 50)
+            frame = a.frame(ETH_LLDP, bytes(50))
             a.send_frames([frame] * 3)
             b.send_frames([frame] * 5)
             settle()
@@ -244,11 +232,11 @@ with probe.NetworkMonitor(loader=sys.argv[3]) as monitor:
 def test_python_api(pair, loader):
     """NetworkMonitor as a script uses it: attach, packet_stats() as plain data, detach on leaving."""
     script = subprocess.Popen(["ip", "netns", "exec", pair.probe_ns, sys.executable, "-c", API_SCRIPT,
-                               os.path.dirname(os.path.dirname(os.path.abspath(__file__))), pair.probe_if, loader],
+                               ROOT, pair.probe_if, loader],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
     try:
         assert script.stdout.readline().split() == [loader, "generic"]
-        frame = eth(pair, ETH_P_ARP, b"\0" * 28)
+        frame = pair.frame(ETH_ARP, bytes(28))
         pair.send_frames([frame] * 4)
         settle()
         script.stdin.write("go\n")

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import PYZ, ROOT
 from netns import ProbeRun, VethPair, settle, sh, without_libbpf
-from test_integration import ETH_P_LLDP, eth
+from frames import ETH_LLDP
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def interpreters():
 
 def count_frames(pair, *args, **kwargs):
     """Run the pyz with `args`, send 5 frames, and check its final report of the probe's interface."""
-    frame = eth(pair, ETH_P_LLDP, b"\0" * 46)
+    frame = pair.frame(ETH_LLDP, bytes(46))
     with ProbeRun(pair, "-i", pair.probe_if, "--interval", "60", *args, **kwargs) as probe:
         probe.wait_attached()
         pair.send_frames([frame] * 5)
@@ -70,7 +70,7 @@ def test_runs_with_read_only_root_and_home(tmp_path):
 def test_picks_the_native_loader_without_libbpf():
     """libbpf made invisible to the pyz alone: auto takes the native loader, says so under -v, counts exactly."""
     with VethPair() as pair:
-        frame = eth(pair, ETH_P_LLDP, b"\0" * 46)
+        frame = pair.frame(ETH_LLDP, bytes(46))
         with ProbeRun(pair, "-v", "-i", pair.probe_if, "--interval", "60", wrapper=without_libbpf()) as probe:
             probe.wait_attached()
             pair.send_frames([frame] * 7)

@@ -10,10 +10,10 @@ import tempfile
 
 import pytest
 
-from conftest import OBJECT, PYZ
+from conftest import OBJECT, PYZ, compile_bpf
 from netns import ProbeRun, VethPair, settle, sh
-from test_errors import OTHER_LAYOUT, compile_bpf
-from test_integration import ETH_P_LLDP, eth
+from test_errors import OTHER_LAYOUT
+from frames import ETH_LLDP
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +109,7 @@ def reload(probe, expect="reloaded"):
 
 
 def frame_for(pair):
-    return eth(pair, ETH_P_LLDP, b"\0" * 46)
+    return pair.frame(ETH_LLDP, bytes(46))
 
 
 @pytest.mark.parametrize("loader", ["libbpf", "native"])
@@ -153,8 +153,8 @@ def test_broken_object_on_reload_keeps_the_running_program(pair, object_file, tm
     """The old program stays attached and counting, the probe says why, and a fixed object reloads."""
     good = open(object_file, "rb").read()
     bad = {"not-elf": lambda: b"\x7fELF but not really",
-           "verifier": lambda: compile_bpf(tmp_path, VERIFIER_REFUSES),
-           "layout": lambda: compile_bpf(tmp_path, OTHER_LAYOUT)}[broken]()
+           "verifier": lambda: compile_bpf(tmp_path, VERIFIER_REFUSES).read_bytes(),
+           "layout": lambda: compile_bpf(tmp_path, OTHER_LAYOUT).read_bytes()}[broken]()
     frame = frame_for(pair)
     with ProbeRun(pair, "-i", pair.probe_if, "--object", object_file, "--interval", "60") as probe:
         probe.wait_attached()
@@ -236,11 +236,12 @@ def test_pin_mounts_a_bpffs_at_sys_fs_bpf(pair):
 ])
 def test_object_without_what_the_probe_needs_is_refused(pair, tmp_path, source, reason):
     """Refused before anything is loaded, naming what differs; nothing attached."""
-    data = {"missing-program": lambda: compile_bpf(tmp_path, OTHER_LAYOUT.replace("kubenetprobe_rx", "other_name")),
-            "layout": lambda: compile_bpf(tmp_path, OTHER_LAYOUT),
-            "not-elf": lambda: b"just text"}[source]()
-    path = tmp_path / "object.o"
-    path.write_bytes(data)
+    if source == "not-elf":
+        path = tmp_path / "object.o"
+        path.write_bytes(b"just text")
+    else:
+        layout = OTHER_LAYOUT if source == "layout" else OTHER_LAYOUT.replace("kubenetprobe_rx", "other_name")
+        path = compile_bpf(tmp_path, layout)
     result = pair.run(pair.probe_ns, sys.executable, PYZ, "-i", pair.probe_if, "--object", str(path),
                       "--count", "1", check=False)
     assert result.returncode == 1

@@ -13,11 +13,10 @@ import threading
 
 import pytest
 
+from conftest import OBJECT, ROOT, compile_bpf
 from probe import btf, elf, layout, spec, syscall
 from probe.errors import ProbeError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OBJECT = os.path.join(ROOT, "probe", "_bytecode", "kubenetprobe.bpf.o")
 SOURCE = os.path.join(ROOT, "bpf", "kubenetprobe.bpf.c")
 
 
@@ -455,21 +454,9 @@ char LICENSE[] SEC("license") = "GPL";
 """
 
 
-def compile_bpf(tmp_path, source_path, target="bpf"):
-    clang = tool("clang")
-    multiarch = subprocess.run(["gcc", "-print-multiarch"], stdout=subprocess.PIPE,
-                               universal_newlines=True).stdout.strip()
-    out = str(tmp_path / ("%s.%s.o" % (os.path.basename(source_path), target)))
-    subprocess.run([clang, "-O2", "-g", "-target", target, "-I/usr/include/" + multiarch, "-I" + ROOT + "/bpf",
-                    "-c", source_path, "-o", out], check=True)
-    with open(out, "rb") as f:
-        return out, f.read()
-
-
 def test_several_programs_and_maps(tmp_path):
-    source = tmp_path / "multi.bpf.c"
-    source.write_text(MULTI)
-    path, blob = compile_bpf(tmp_path, str(source))
+    path = compile_bpf(tmp_path, MULTI)
+    blob = path.read_bytes()
     s = spec.read_object(blob)
     first, second = s.maps["first"], s.maps["second"]
     assert (first.type, first.key_size, first.value_size, first.max_entries, first.flags) == (2, 4, 8, 1, 0)
@@ -487,7 +474,7 @@ def test_several_programs_and_maps(tmp_path):
         assert p.prog_type == syscall.BPF_PROG_TYPE_XDP
         assert all(p.instructions[8 * i] == spec.BPF_LD_IMM64 for i, _ in p.map_relocations)
     # The same relocations as llvm-objdump's, counted from each section's start.
-    text = run(tool("llvm-objdump"), "-r", path)
+    text = run(tool("llvm-objdump"), "-r", str(path))
     expected = {(sec, int(off, 16), sym) for sec, body in re.findall(r"RELOCATION RECORDS FOR \[(.*?)\]:\n(.*?)\n\n",
                                                                        text + "\n\n", re.S)
                 if sec in ("xdp", "xdp/other")
@@ -497,11 +484,9 @@ def test_several_programs_and_maps(tmp_path):
 
 
 def test_unknown_program_type_compiled(tmp_path):
-    source = tmp_path / "tc.bpf.c"
-    source.write_text('#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n'
-                      'SEC("tc") int classify(struct __sk_buff *skb) { return 0; }\n'
-                      'char LICENSE[] SEC("license") = "GPL";\n')
-    _, blob = compile_bpf(tmp_path, str(source))
+    blob = compile_bpf(tmp_path, '#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n'
+                                 'SEC("tc") int classify(struct __sk_buff *skb) { return 0; }\n'
+                                 'char LICENSE[] SEC("license") = "GPL";\n').read_bytes()
     assert "section 'tc': unknown program type" in probe_error(spec.read_object, blob)
 
 
@@ -510,19 +495,19 @@ def test_unknown_program_type_compiled(tmp_path):
     ("__uint(key_size, 8);", "map 'bad': key_size 8 disagrees with the size of its key type, 4"),
 ])
 def test_bad_map_definitions(tmp_path, members, expected):
-    source = tmp_path / "bad.bpf.c"
-    source.write_text('#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n'
-                      'struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32);\n'
-                      '         __type(value, __u64); %s } bad SEC(".maps");\n'
-                      'SEC("xdp") int prog(struct xdp_md *ctx)\n'
-                      '{ return bpf_map_lookup_elem(&bad, &(__u32){0}) != 0; }\n'
-                      'char LICENSE[] SEC("license") = "GPL";\n' % members)
-    _, blob = compile_bpf(tmp_path, str(source))
+    source = ('#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n'
+              'struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32);\n'
+              '         __type(value, __u64); %s } bad SEC(".maps");\n'
+              'SEC("xdp") int prog(struct xdp_md *ctx)\n'
+              '{ return bpf_map_lookup_elem(&bad, &(__u32){0}) != 0; }\n'
+              'char LICENSE[] SEC("license") = "GPL";\n' % members)
+    blob = compile_bpf(tmp_path, source).read_bytes()
     assert expected in probe_error(spec.read_object, blob)
 
 
 def test_big_endian_object(tmp_path, objspec):
-    _, blob = compile_bpf(tmp_path, SOURCE, target="bpfeb")
+    with open(SOURCE) as f:
+        blob = compile_bpf(tmp_path, f.read(), target="bpfeb").read_bytes()
     assert blob[elf.EI_DATA] == elf.ELFDATA2MSB
     s = spec.read_object(blob)
     assert s.byteorder == "big" and s.license == objspec.license

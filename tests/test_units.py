@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from conftest import ROOT
 from probe import cli, interfaces, layout, netlink, output
 from probe.errors import ProbeError
 from probe.engine import verifier_error
@@ -460,7 +461,7 @@ def test_missing_library_is_one_clear_error():
 def test_runtime_code_needs_nothing_newer_than_python_3_6():
     """vermin finds no syntax or standard-library use newer than 3.6 in probe/ (the .pyz runs on 3.6 in the
     integration tests too, but only along the paths they take)."""
-    probe_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "probe")
+    probe_dir = os.path.join(ROOT, "probe")
     result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "vermin"), "-t=3.6-", "--no-tips",
                              "--violations", probe_dir],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
