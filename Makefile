@@ -46,7 +46,7 @@ $(EMPTY_OBJ): bpf/empty.bpf.c
 
 build: ensure-deps $(PYZ)
 
-$(PYZ): $(OBJ) $(wildcard probe/*.py) build_zipapp.py
+$(PYZ): $(OBJ) $(shell find probe -name "*.py") build_zipapp.py
 	$(VPY) build_zipapp.py --output $@
 
 # Every test, unit and integration (integration tests need root; with CI=true they never skip).

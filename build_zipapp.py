@@ -57,7 +57,7 @@ def stage_package(site_packages):
     expected = checksum.read_text().split()[0]
     if hashlib.sha256(OBJECT.read_bytes()).hexdigest() != expected:
         sys.exit("build_zipapp: %s does not match its .sha256; run `make build-ebpf`" % OBJECT.relative_to(ROOT))
-    files = sorted(PACKAGE.glob("*.py")) + [OBJECT, checksum]
+    files = sorted(PACKAGE.rglob("*.py")) + [OBJECT, checksum]
     for source in files:
         target = site_packages / source.relative_to(ROOT)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def build(output):
 COMPILE_START_MODULES = """
 import os, py_compile, sys
 sys.path.insert(0, ".")
-import probe.cli, probe.libbpf
+import probe.cli, probe.bpf.libbpf
 for name in sorted(m for m in sys.modules if m == "probe" or m.startswith("probe.")):
     path = os.path.relpath(sys.modules[name].__file__)
     py_compile.compile(path, cfile=os.path.join(sys.argv[1], path + "c"), dfile=path, doraise=True, optimize=2,

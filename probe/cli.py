@@ -8,11 +8,15 @@ import sys
 import time
 
 import probe
-from probe import interfaces, link, log
+from probe import layout, log
+from probe.attach import xdp
+from probe.bpf.engine import LOADERS
 from probe.errors import ProbeError
-from probe.monitor import LOADERS, NetworkMonitor, Reporter
+from probe.monitor import NetworkMonitor
+from probe.net import interfaces
 from probe.output import Printer
-from probe.pin import PinDir
+from probe.pins import PinDir
+from probe.reports import Reporter
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -83,7 +87,7 @@ def parser():
                    help="seconds between reports (default: 1)")
     p.add_argument("--count", type=_count, metavar="N", help="stop after N reports (default: run until stopped)")
     p.add_argument("--json", action="store_true", help="print one JSON object per interface per report")
-    p.add_argument("--mode", choices=link.MODES, default="auto",
+    p.add_argument("--mode", choices=xdp.MODES, default="auto",
                    help="XDP mode: native (in the driver), generic (in the stack), or auto: native where "
                         "the driver has it, else generic (default)")
     p.add_argument("--loader", choices=LOADERS,
@@ -97,7 +101,7 @@ def parser():
                    help="pin the stats map and the link in DIR (on a bpffs; one is mounted at /sys/fs/bpf "
                         "if none is): the program keeps counting after exit and the next run with the "
                         "same DIR takes it over, counters included")
-    p.add_argument("--attach", choices=link.METHODS, default="auto", dest="method",
+    p.add_argument("--attach", choices=xdp.METHODS, default="auto", dest="method",
                    help="how to attach: link (a bpf_link, kernel 5.9+, gone when the probe is), netlink "
                         "(older kernels), or auto: link where the kernel has it, else netlink (default)")
     p.add_argument("--force", action="store_true",
@@ -151,11 +155,17 @@ def detach_parser():
 def run_detach(args):
     """Remove kubenetprobe's program (and pins) from each interface named."""
     for name in args.interface:
-        removed = link.detach(name, force=args.force, pins=PinDir(args.pin, name) if args.pin else None)
+        pins = PinDir(args.pin, name) if args.pin else None
+        unpinned = pins is not None and pins.exists()
+        if unpinned:
+            pins.release()
+        removed = xdp.detach(name, layout.OWNER, force=args.force)
         if removed:
             print("detached XDP program %s from %s" % (removed, name))
-        else:
+        elif unpinned:
             print("removed the pins of %s" % name)
+        else:
+            raise ProbeError("%s has no XDP program" % name)
     return EXIT_OK
 
 

@@ -1,60 +1,40 @@
-"""Attach lifecycle and counters: the probe on a set of interfaces, reloads, and reports of what it counted."""
+"""Attach lifecycle and counters: the probe on a set of interfaces, reloads, pinned state."""
 import os
-import time
 
-from probe import interfaces, layout, link, log, syscall
+from probe import layout, log
+from probe.attach import xdp
+from probe.bpf.constants import BPF_MAP_TYPE_PERCPU_ARRAY
+from probe.bpf.engine import open_engine
+from probe.bpf.pin import ensure_bpffs
 from probe.bytecode import embedded_object
-from probe.errors import ProbeError
-from probe.pin import PinDir, ensure_bpffs
-
-
-LOADERS = ("auto", "libbpf", "native")
-
-
-def open_engine(loader="auto"):
-    """The engine that loads objects: "libbpf" (the system's, through ctypes), "native" (bpf(2) alone),
-    or "auto": libbpf where it loads, else native."""
-    if loader not in LOADERS:
-        raise ProbeError("unknown loader %r" % loader, hint="use one of %s" % ", ".join(LOADERS))
-    if loader in ("auto", "libbpf"):
-        from probe.libbpf import LibbpfEngine
-        try:
-            engine = LibbpfEngine()
-        except ProbeError as e:
-            if loader == "libbpf":
-                raise
-            log.debug("loader auto: %s; using the native loader", e.message)
-        else:
-            log.debug("loader: libbpf %s", engine.version)
-            return engine
-    from probe.native import NativeEngine
-    log.debug("loader: native")
-    return NativeEngine()
+from probe.errors import ObjectError, ProbeError
+from probe.net import interfaces
+from probe.pins import PinDir
 
 
 def _check_layout(stats_map):
     """Refuse a stats map (a MapSpec, or the kernel's MapInfo) other than the one layout.py reads."""
-    expected = {"type": syscall.BPF_MAP_TYPE_PERCPU_ARRAY, "key_size": layout.KEY.size,
+    expected = {"type": BPF_MAP_TYPE_PERCPU_ARRAY, "key_size": layout.KEY.size,
                 "value_size": layout.STATS.size, "max_entries": len(layout.DIRECTIONS)}
     differs = ["%s %d, not %d" % (name, getattr(stats_map, name), value)
                for name, value in sorted(expected.items()) if getattr(stats_map, name) != value]
     if differs:
-        raise ProbeError("the object's map %s has another layout: %s" % (layout.STATS_MAP, "; ".join(differs)),
+        raise ObjectError("the object's map %s has another layout: %s" % (layout.STATS_MAP, "; ".join(differs)),
                          hint="rebuild the object from this version's bpf/ (make build-ebpf)")
 
 
 def check_stats_map(obj):
     """Refuse a loaded object whose stats map is not the one layout.py reads, naming what differs."""
-    _check_layout(syscall.map_info(obj.map_fd(layout.STATS_MAP)))
+    _check_layout(obj.map(layout.STATS_MAP))
 
 
 def check_object(data):
     """Refuse, before loading, an object without the probe's program and stats map, or with another layout."""
-    from probe.spec import read_object  # only objects from files pay for the ELF and BTF readers
+    from probe.bpf.spec import read_object  # only objects from files pay for the ELF and BTF readers
     spec = read_object(data)
     for kind, name, found in (("program", layout.PROGRAM, spec.programs), ("map", layout.STATS_MAP, spec.maps)):
         if name not in found:
-            raise ProbeError("the object has no %s %s (it has: %s)" % (kind, name, ", ".join(sorted(found)) or
+            raise ObjectError("the object has no %s %s (it has: %s)" % (kind, name, ", ".join(sorted(found)) or
                                                                      "none"),
                              hint="build it from this version's bpf/ (make build-ebpf)")
     _check_layout(spec.maps[layout.STATS_MAP])
@@ -82,27 +62,24 @@ class ObjectSource(object):
         return self.path or "the embedded object"
 
 
-def read_counters(obj, direction="rx", ncpus=None):
+def read_counters(obj, direction="rx"):
     """Cumulative counters of one direction from a loaded object's stats map, summed over CPUs."""
-    ncpus = ncpus or layout.possible_cpus()
-    key = layout.KEY.pack(layout.DIRECTIONS.index(direction))
-    return layout.decode_stats(obj.lookup(layout.STATS_MAP, key, layout.STATS_STRIDE * ncpus), ncpus)
+    return layout.decode_stats(obj.map(layout.STATS_MAP).lookup(layout.KEY.pack(layout.DIRECTIONS.index(direction))))
 
 
 class Attachment(object):
     """The probe's program on one interface: its own loaded object (so its own counters) and link."""
 
-    def __init__(self, obj, xdp, pins=None):
+    def __init__(self, obj, hook, pins=None):
         self.object = obj
-        self.link = xdp
+        self.link = hook
         self.pins = pins  # a PinDir when the state outlives the probe
-        self.interface = xdp.interface
-        self.ifindex = xdp.ifindex
-        self.mode = xdp.mode
-        self.hook = xdp.hook
-        self.method = xdp.method
+        self.interface = hook.interface
+        self.ifindex = hook.ifindex
+        self.mode = hook.mode
+        self.hook = hook.hook
+        self.method = hook.method
         self.reloads = 0
-        self._ncpus = layout.possible_cpus()
 
     @property
     def program_id(self):
@@ -110,11 +87,11 @@ class Attachment(object):
 
     def counters(self, direction="rx"):
         """Cumulative counters of one direction since attach."""
-        return read_counters(self.object, direction, self._ncpus)
+        return read_counters(self.object, direction)
 
     def replace_program(self, obj):
         """Swap in the program of `obj`, loaded onto this attachment's stats map, and let the old one go."""
-        self.link.update(obj.program_fd(layout.PROGRAM))
+        self.link.update(obj.program(layout.PROGRAM).fd)
         self.object, old = obj, self.object
         old.close()
         self.reloads += 1
@@ -139,7 +116,7 @@ class NetworkMonitor(object):
     def attach(self, interface, mode="auto", force=False, method="auto"):
         """Load the program and attach it to an interface's XDP hook; returns the Attachment.
 
-        mode: "native", "generic" or "auto"; method: "link", "netlink" or "auto" (see probe.link).
+        mode: "native", "generic" or "auto"; method: "link", "netlink" or "auto" (see probe.attach.xdp).
         """
         if any(a.interface == interface for a in self.attachments):
             raise ProbeError("%s is named twice" % interface)
@@ -150,11 +127,11 @@ class NetworkMonitor(object):
         else:
             obj = self._load()
             try:
-                xdp = obj.attach_xdp(layout.PROGRAM, interface, mode, force, method)
-            except Exception:
+                hook = xdp.attach_xdp(obj.program(layout.PROGRAM).fd, interface, mode, force, method)
+            except BaseException:
                 obj.close()
                 raise
-            attachment = Attachment(obj, xdp, pins)
+            attachment = Attachment(obj, hook, pins)
             if pins:
                 self._pin(attachment)
         self.attachments.append(attachment)
@@ -172,13 +149,13 @@ class NetworkMonitor(object):
                 raise
         except ProbeError as e:
             if self.source.path:
-                e.message = "%s: %s" % (self.source.path, e.message)
+                raise e.wrap(self.source.path) from e
             raise
         return obj
 
     def _pin(self, attachment):
         try:
-            attachment.pins.pin(attachment.object.map_fd(layout.STATS_MAP), attachment.link.fd)
+            attachment.pins.pin(attachment.object.map(layout.STATS_MAP).fd, attachment.link.fd)
         except Exception:
             attachment.pins.remove()
             attachment.pins = None  # so closing detaches
@@ -194,13 +171,13 @@ class NetworkMonitor(object):
         finally:
             os.close(map_fd)
         try:
-            xdp = link.take_over(interface, pins.open_link())
-        except ProbeError:
+            hook = xdp.take_over(interface, layout.OWNER, pins.open_link())
+        except BaseException:
             obj.close()
             raise
-        attachment = Attachment(obj, xdp, pins)
+        attachment = Attachment(obj, hook, pins)
         try:
-            attachment.link.update(obj.program_fd(layout.PROGRAM))
+            attachment.link.update(obj.program(layout.PROGRAM).fd)
         except ProbeError:
             attachment.close()
             raise
@@ -211,7 +188,7 @@ class NetworkMonitor(object):
         """Read the object again and swap its program in on every interface, counters kept; on failure the
         running programs stay."""
         for a in self.attachments:
-            obj = self._load(a.object.map_fd(layout.STATS_MAP))
+            obj = self._load(a.object.map(layout.STATS_MAP).fd)
             try:
                 a.replace_program(obj)
             except ProbeError:
@@ -232,49 +209,3 @@ class NetworkMonitor(object):
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _rate(now, before, seconds):
-    return (now - before) / seconds if seconds > 0 else 0.0
-
-
-def _iso_utc(t):
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % (int(t * 1000) % 1000)
-
-
-class Reporter(object):
-    """Turns a monitor's counters into reports with rates over the time since the previous report."""
-
-    def __init__(self, monitor):
-        self.monitor = monitor
-        now = time.monotonic()
-        # Counters may not start at zero (pinned state taken over): rates count from here.
-        self._previous = {a.interface: (now, a.counters("rx")) for a in monitor.attachments}
-
-    def reports(self, final=False):
-        """One report per interface, in the JSON shape the CLI prints."""
-        now = time.monotonic()
-        wall = time.time()
-        out = []
-        for a in self.monitor.attachments:
-            rx = a.counters("rx")
-            before_time, before = self._previous[a.interface]
-            seconds = now - before_time
-            rx["pps"] = _rate(rx["packets"], before["packets"], seconds)
-            rx["bps"] = _rate(8 * rx["bytes"], 8 * before["bytes"], seconds)
-            self._previous[a.interface] = (now, rx)
-            out.append({
-                "time": _iso_utc(wall),
-                "interface": a.interface,
-                "ifindex": a.ifindex,
-                "hook": a.hook,
-                "mode": a.mode,
-                "loader": self.monitor.engine.name,
-                "attach": a.method,
-                "program_id": a.program_id,
-                "reloads": a.reloads,
-                "final": final,
-                "rx": {"packets": rx["packets"], "bytes": rx["bytes"], "pps": rx["pps"], "bps": rx["bps"],
-                       "l3": rx["l3"], "l4": rx["l4"]},
-            })
-        return out

@@ -32,8 +32,8 @@ from frames import ETH_IP, ETH_IPV6, HOPOPTS, TCP, UDP, ether, ipv4, ipv6_chain,
 from probe import layout  # noqa: E402
 from probe.bytecode import embedded_object  # noqa: E402
 from probe.errors import ProbeError  # noqa: E402
-from probe.libbpf import LibbpfEngine  # noqa: E402
-from probe.native import NativeEngine  # noqa: E402
+from probe.bpf.libbpf import LibbpfEngine  # noqa: E402
+from probe.bpf.native import NativeEngine  # noqa: E402
 
 OBJECT_FILE = os.path.join(ROOT, "probe", "_bytecode", "kubenetprobe.bpf.o")
 XDP_PASS = 2
@@ -165,7 +165,7 @@ def interleaved_test_runs(programs, frame, rounds, repeat):
     for r in range(rounds):
         for role in (roles if r % 2 == 0 else roles[::-1]):
             obj, name = programs[role]
-            retval, ns = obj.test_run(name, frame, repeat)
+            retval, ns = obj.program(name).test_run(frame, repeat)
             if retval != XDP_PASS:
                 raise RuntimeError("%s returned %d, not XDP_PASS, on a %d-byte frame" % (name, retval, len(frame)))
             results[role].append(ns)

@@ -12,7 +12,8 @@ from conftest import OBJECT
 from frames import (AH, DSTOPTS, ETH_ARP, ETH_IP, ETH_IPV6, ETH_LLDP, FRAGMENT, GRE, HOPOPTS, ICMP, ICMPV6,
                     IPIP, NONXT, ROUTING, TCP, UDP, VLAN_AD, VLAN_Q, arp, ether, icmp, ipv4, ipv6, ipv6_chain,
                     tcp, udp)
-from probe import layout, syscall
+from probe import layout
+from probe.bpf import constants, objects
 from probe.bytecode import embedded_object
 from probe.errors import ProbeError
 from probe.monitor import check_stats_map, read_counters
@@ -140,14 +141,14 @@ def assert_counters(obj, runs):
 
 def run(obj, frame, repeat=1):
     """Run the XDP program on one frame `repeat` times; it must always pass the frame on."""
-    retval, _ = obj.test_run(layout.PROGRAM, frame, repeat=repeat)
+    retval, _ = obj.program(layout.PROGRAM).test_run(frame, repeat=repeat)
     assert retval == XDP_PASS
 
 
 @pytest.fixture(scope="module")
 def engine():
     """The libbpf engine and the embedded object's bytes, shared by the module."""
-    from probe.libbpf import LibbpfEngine
+    from probe.bpf.libbpf import LibbpfEngine
     return LibbpfEngine(), embedded_object()
 
 
@@ -157,7 +158,7 @@ def obj(engine):
     eng, data = engine
     loaded = eng.load_bytes(data)
     try:
-        check_stats_map(loaded)  # before any read: a larger value would overrun read_counters' buffer
+        check_stats_map(loaded)  # before any read: the counters must be in the layout this test decodes
         yield loaded
     finally:
         loaded.close()
@@ -294,7 +295,7 @@ def test_btf_stats_map_matches_layout(btf):
     def pointee(name):  # __uint(name, N) is int (*name)[N]; __type(name, T) is T *name
         return resolve(btf, fields[name][1]["type_id"])
 
-    assert pointee("type")["nr_elems"] == syscall.BPF_MAP_TYPE_PERCPU_ARRAY
+    assert pointee("type")["nr_elems"] == constants.BPF_MAP_TYPE_PERCPU_ARRAY
     assert pointee("max_entries")["nr_elems"] == len(layout.DIRECTIONS)
     assert pointee("key")["size"] == layout.KEY.size
     assert pointee("value") is named(btf, "STRUCT", "knp_stats")
@@ -305,8 +306,7 @@ def test_btf_stats_map_matches_layout(btf):
 def test_decode_stats_sums_every_cpu():
     """decode_stats adds each CPU's (packets, bytes) pairs, l3 then l4, and totals the l3 classes."""
     # Field i of CPU c holds (i + 1) * 10**c: over three CPUs each field sums to (i + 1) * 111.
-    raw = b"".join(struct.pack("=18Q", *[(i + 1) * 10 ** cpu for i in range(18)]) for cpu in range(3))
-    stats = layout.decode_stats(raw, 3)
+    stats = layout.decode_stats([struct.pack("=18Q", *[(i + 1) * 10 ** cpu for i in range(18)]) for cpu in range(3)])
     assert stats["l3"] == {"ipv4": {"packets": 111, "bytes": 222}, "ipv6": {"packets": 333, "bytes": 444},
                            "arp": {"packets": 555, "bytes": 666}, "other": {"packets": 777, "bytes": 888}}
     assert stats["l4"] == {"tcp": {"packets": 999, "bytes": 1110}, "udp": {"packets": 1221, "bytes": 1332},
@@ -316,9 +316,9 @@ def test_decode_stats_sums_every_cpu():
 
 
 def test_decode_stats_refuses_a_short_value():
-    """A value shorter than one knp_stats per CPU is an error, not a silent partial sum."""
+    """A CPU's value shorter than one knp_stats is an error, not a silent partial sum."""
     with pytest.raises(ValueError):
-        layout.decode_stats(bytes(layout.STATS_STRIDE * 2 - 1), 2)
+        layout.decode_stats([bytes(layout.STATS.size), bytes(layout.STATS.size - 1)])
 
 
 @pytest.mark.parametrize("text, count", [("0-3\n", 4), ("0,2-3\n", 3), ("0\n", 1), ("0-1,4-7\n", 6)])
@@ -326,4 +326,4 @@ def test_possible_cpus_parses_cpu_lists(tmp_path, text, count):
     """possible_cpus counts the CPUs of a sysfs CPU list: ranges and single CPUs, comma-separated."""
     path = tmp_path / "possible"
     path.write_text(text)
-    assert layout.possible_cpus(str(path)) == count
+    assert objects.possible_cpus(str(path)) == count

@@ -201,7 +201,7 @@ def test_object_with_another_map_layout(tmp_path, pair):
 
 def test_native_loader_grows_the_log_buffer_for_the_verifier(tmp_path, monkeypatch):
     """A verifier log longer than the buffer (ENOSPC) is fetched again whole, with the reason at its end."""
-    from probe import native
+    from probe.bpf import native
     monkeypatch.setattr(native, "_LOG_SIZE", 64)
     with pytest.raises(ProbeError) as refused:
         native.NativeEngine().load_bytes(compile_bpf(tmp_path, UNCHECKED_READ).read_bytes())

@@ -219,8 +219,8 @@ def test_two_interfaces_count_separately():
 API_SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import probe
-with probe.NetworkMonitor(loader=sys.argv[3]) as monitor:
+from probe.monitor import NetworkMonitor
+with NetworkMonitor(loader=sys.argv[3]) as monitor:
     attachment = monitor.attach(sys.argv[2], mode="generic")
     print(monitor.engine.name, attachment.mode, flush=True)
     sys.stdin.readline()  # the test sends its frames now

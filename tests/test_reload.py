@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -62,13 +63,22 @@ class Blast(object):
     """The peer sending frames at the highest rate it can, for as long as the `with` lasts."""
 
     def __init__(self, pair, frame):
+        self.pair = pair
         self.proc = subprocess.Popen(["ip", "netns", "exec", pair.peer_ns, sys.executable, "-c", BLAST,
                                       pair.peer_if, frame.hex()], stdout=subprocess.PIPE, universal_newlines=True)
         self.sent = None
 
     def __enter__(self):
         assert self.proc.stdout.readline().strip() == "sending"
+        # Only once frames arrive: a probe stopped before the first one would have counted none.
+        start, deadline = self._arrived(), time.monotonic() + 10
+        while self._arrived() < start + 1000:
+            assert time.monotonic() < deadline, "the peer's frames do not arrive"
+            time.sleep(0.05)
         return self
+
+    def _arrived(self):
+        return self.pair.counters(self.pair.probe_ns, self.pair.probe_if)["rx_packets"]
 
     def __exit__(self, *exc):
         self.proc.terminate()

@@ -14,7 +14,8 @@ import threading
 import pytest
 
 from conftest import OBJECT, ROOT, compile_bpf
-from probe import btf, elf, layout, spec, syscall
+from probe import layout
+from probe.bpf import btf, constants, elf, spec
 from probe.errors import ProbeError
 
 SOURCE = os.path.join(ROOT, "bpf", "kubenetprobe.bpf.c")
@@ -90,7 +91,7 @@ def test_stats_map(objspec):
     assert sorted(objspec.maps) == [layout.STATS_MAP]
     m = objspec.maps[layout.STATS_MAP]
     assert m.name == layout.STATS_MAP
-    assert m.type == syscall.BPF_MAP_TYPE_PERCPU_ARRAY == 6
+    assert m.type == constants.BPF_MAP_TYPE_PERCPU_ARRAY == 6
     assert m.key_size == layout.KEY.size == 4
     assert m.value_size == layout.STATS.size
     assert m.max_entries == len(layout.DIRECTIONS)
@@ -122,12 +123,12 @@ def test_program(objspec):
     assert sorted(objspec.programs) == [layout.PROGRAM]
     prog = objspec.programs[layout.PROGRAM]
     assert (prog.name, prog.section, prog.offset) == (layout.PROGRAM, "xdp", 0)
-    assert prog.prog_type == syscall.BPF_PROG_TYPE_XDP == 6
+    assert prog.prog_type == constants.BPF_PROG_TYPE_XDP == 6
     assert prog.instructions and len(prog.instructions) % 8 == 0
     assert prog.map_relocations
     for index, name in prog.map_relocations:
         assert name == layout.STATS_MAP
-        assert prog.instructions[index * 8] == spec.BPF_LD_IMM64
+        assert prog.instructions[index * 8] == constants.BPF_LD_IMM64
         assert (index + 2) * 8 <= len(prog.instructions)
 
 
@@ -471,8 +472,8 @@ def test_several_programs_and_maps(tmp_path):
     assert [n for _, n in b.map_relocations] == ["second", "first"]
     assert [n for _, n in c.map_relocations] == ["second"]
     for p in (a, b, c):
-        assert p.prog_type == syscall.BPF_PROG_TYPE_XDP
-        assert all(p.instructions[8 * i] == spec.BPF_LD_IMM64 for i, _ in p.map_relocations)
+        assert p.prog_type == constants.BPF_PROG_TYPE_XDP
+        assert all(p.instructions[8 * i] == constants.BPF_LD_IMM64 for i, _ in p.map_relocations)
     # The same relocations as llvm-objdump's, counted from each section's start.
     text = run(tool("llvm-objdump"), "-r", str(path))
     expected = {(sec, int(off, 16), sym) for sec, body in re.findall(r"RELOCATION RECORDS FOR \[(.*?)\]:\n(.*?)\n\n",
@@ -559,9 +560,9 @@ def test_damaged_btf_ext(data, damage):
 def test_native_loader_gives_the_kernel_the_programs_btf():
     """Loaded natively, the program has BTF (bpftool shows its btf_id and source lines), as with libbpf."""
     from probe.bytecode import embedded_object
-    from probe.native import NativeEngine
+    from probe.bpf.native import NativeEngine
     with NativeEngine().load_bytes(embedded_object()) as obj:
-        prog_id = syscall.prog_info(obj.program_fd(layout.PROGRAM)).id
+        prog_id = obj.program(layout.PROGRAM).id
         shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)],
                                           stdout=subprocess.PIPE, check=True).stdout)
         dump = subprocess.run(["bpftool", "prog", "dump", "xlated", "id", str(prog_id)], stdout=subprocess.PIPE,

@@ -10,11 +10,13 @@ import sys
 import pytest
 
 from conftest import ROOT
-from probe import cli, interfaces, layout, netlink, output
+from probe import cli, layout, output
+from probe.net import interfaces, rtnetlink
+from probe.net import link as netlink
 from probe.errors import ProbeError
-from probe.engine import verifier_error
-from probe.libbpf import LibbpfEngine, verifier_log
-from probe.monitor import Reporter
+from probe.bpf.engine import verifier_error
+from probe.bpf.libbpf import LibbpfEngine, verifier_log
+from probe.reports import Reporter
 
 
 def counters(packets_by_l3, bytes_per_packet=100, l4=None):
@@ -204,8 +206,8 @@ def test_enosys_gets_a_hint(monkeypatch, capsys):
 
 def test_report_shape_and_rates(monkeypatch):
     clock = iter([100.0, 102.0, 103.0])
-    monkeypatch.setattr("probe.monitor.time.monotonic", lambda: next(clock))
-    monkeypatch.setattr("probe.monitor.time.time", lambda: 1700000000.25)
+    monkeypatch.setattr("probe.reports.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("probe.reports.time.time", lambda: 1700000000.25)
     monitor = FakeMonitor()
     monitor.attachments[0].values = [counters({}), counters({"ipv4": 10, "arp": 2}, l4={"udp": 10}),
                                      counters({"ipv4": 30, "arp": 2}, l4={"udp": 25, "tcp": 5})]
@@ -233,7 +235,7 @@ def test_report_shape_and_rates(monkeypatch):
 def test_rates_count_from_the_counters_found_at_start(monkeypatch):
     """Pinned state taken over starts with counts: the first rate is not all of them over one interval."""
     clock = iter([10.0, 11.0])
-    monkeypatch.setattr("probe.monitor.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("probe.reports.time.monotonic", lambda: next(clock))
     monitor = FakeMonitor()
     monitor.attachments[0].values = [counters({"ipv4": 1000}), counters({"ipv4": 1010})]
     report, = Reporter(monitor).reports()
@@ -241,7 +243,7 @@ def test_rates_count_from_the_counters_found_at_start(monkeypatch):
 
 
 def test_zero_interval_has_zero_rates(monkeypatch):
-    monkeypatch.setattr("probe.monitor.time.monotonic", lambda: 5.0)
+    monkeypatch.setattr("probe.reports.time.monotonic", lambda: 5.0)
     monitor = FakeMonitor()
     monitor.attachments[0].values = [counters({}), counters({"ipv4": 3})]
     report, = Reporter(monitor).reports()
@@ -306,27 +308,6 @@ def test_json_lines():
 
 # Parsers
 
-def test_decode_stats_sums_cpus():
-    values = [list(range(1, 19)), [100] * 18]
-    raw = b"".join(layout.STATS.pack(*v) for v in values)
-    stats = layout.decode_stats(raw, 2)
-    assert stats["l3"]["ipv4"] == {"packets": 101, "bytes": 102}
-    assert stats["l4"]["other"] == {"packets": 117, "bytes": 118}
-    assert stats["packets"] == 101 + 103 + 105 + 107
-
-
-def test_decode_stats_refuses_short_value():
-    with pytest.raises(ValueError):
-        layout.decode_stats(b"\0" * layout.STATS_STRIDE, 2)
-
-
-@pytest.mark.parametrize("text,count", [("0", 1), ("0-3", 4), ("0,2-3", 3), ("0-1,4-7\n", 6)])
-def test_possible_cpus(tmp_path, text, count):
-    path = tmp_path / "possible"
-    path.write_text(text)
-    assert layout.possible_cpus(str(path)) == count
-
-
 ROUTE_HEADER = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
 
 
@@ -357,16 +338,16 @@ def test_no_default_route(tmp_path):
 
 
 def test_netlink_attributes():
-    inner = netlink._attr(netlink.IFLA_XDP_PROG_ID, struct.pack("=I", 42)) + \
-        netlink._attr(netlink.IFLA_XDP_ATTACHED, b"\x02")
-    outer = netlink._attrs(netlink._attr(netlink.IFLA_XDP | netlink.NLA_F_NESTED, inner))
-    assert netlink._attrs(outer[netlink.IFLA_XDP]) == {netlink.IFLA_XDP_PROG_ID: struct.pack("=I", 42),
+    inner = rtnetlink.attr(netlink.IFLA_XDP_PROG_ID, struct.pack("=I", 42)) + \
+        rtnetlink.attr(netlink.IFLA_XDP_ATTACHED, b"\x02")
+    outer = rtnetlink.parse_attrs(rtnetlink.attr(netlink.IFLA_XDP | rtnetlink.NLA_F_NESTED, inner))
+    assert rtnetlink.parse_attrs(outer[netlink.IFLA_XDP]) == {netlink.IFLA_XDP_PROG_ID: struct.pack("=I", 42),
                                                        netlink.IFLA_XDP_ATTACHED: b"\x02"}
 
 
 def test_netlink_malformed_attribute():
     with pytest.raises(ProbeError):
-        netlink._attrs(struct.pack("=HH", 200, 1) + b"\0" * 4)
+        rtnetlink.parse_attrs(struct.pack("=HH", 200, 1) + b"\0" * 4)
 
 
 # The libbpf binding's error conversion (the library is opened, nothing is loaded)
@@ -382,7 +363,7 @@ def test_pointer_errors(engine):
 
 
 def test_null_pointer_takes_errno(engine, monkeypatch):
-    monkeypatch.setattr("probe.libbpf.ctypes.get_errno", lambda: errno.EINVAL)
+    monkeypatch.setattr("probe.bpf.libbpf.ctypes.get_errno", lambda: errno.EINVAL)
     assert engine._pointer_error(None) == errno.EINVAL
 
 

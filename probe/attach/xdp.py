@@ -1,13 +1,21 @@
-"""Attaching an XDP program to an interface, through a bpf_link or netlink, and what holds the hook."""
+"""The XDP hook: attaching a program through a bpf_link or netlink, swapping it, and what holds the hook.
+
+Whose a program is goes by its name's prefix, the `owner` every call here takes from the application.
+"""
 import errno
 import os
 
-from probe import interfaces, log, netlink, syscall
-from probe.errors import ProbeError, permission_error
+from probe import log
+from probe.bpf import syscall
+from probe.bpf.constants import (XDP_FLAGS_DRV_MODE, XDP_FLAGS_REPLACE, XDP_FLAGS_SKB_MODE,
+                                 XDP_FLAGS_UPDATE_IF_NOEXIST)
+from probe.errors import KernelError, ProbeError, permission_error
+from probe.net import interfaces
+from probe.net import link as netlink
 
 MODES = ("auto", "native", "generic")
 METHODS = ("auto", "link", "netlink")
-_MODE_FLAGS = {"native": syscall.XDP_FLAGS_DRV_MODE, "generic": syscall.XDP_FLAGS_SKB_MODE}
+_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 
 
 class Holder(object):
@@ -19,14 +27,15 @@ class Holder(object):
         self.mode = mode
         try:
             self.name = syscall.prog_name_by_id(prog_id)
-        except ProbeError:
+        except KernelError:
             self.name = "?"
 
     def __str__(self):
         return "id %d (%s), %s mode" % (self.prog_id, self.name or "no name", self.mode)
 
-    def is_ours(self):
-        return self.name.startswith("kubenetprobe")
+    def is_owned_by(self, owner):
+        """Whether the program's name says it is `owner`'s (a prefix, such as "kubenetprobe")."""
+        return self.name.startswith(owner)
 
     def remove(self):
         """Take the program off the hook: detach its bpf_link, or unset it through netlink."""
@@ -89,8 +98,8 @@ class NetlinkXdp(XdpAttachment):
         flags = _MODE_FLAGS[self.mode]
         with _program(self.program_id) as old_prog_fd:
             try:
-                netlink.xdp_attach(self.ifindex, new_prog_fd, flags | syscall.XDP_FLAGS_REPLACE, old_prog_fd)
-            except ProbeError as e:
+                netlink.xdp_attach(self.ifindex, new_prog_fd, flags | XDP_FLAGS_REPLACE, old_prog_fd)
+            except KernelError as e:
                 if e.errno != errno.EINVAL:
                     raise
                 netlink.xdp_attach(self.ifindex, new_prog_fd, flags)  # no XDP_FLAGS_REPLACE before 5.7
@@ -118,11 +127,11 @@ class _program(object):
         os.close(self.fd)
 
 
-def take_over(interface, link_fd=None):
+def take_over(interface, owner, link_fd=None):
     """The attachment a previous run left to this one (its pinned link, or its netlink program)."""
     index = interfaces.ifindex(interface)
     current = holder(index)
-    if current is None or not current.is_ours():
+    if current is None or not current.is_owned_by(owner):
         if link_fd is not None:
             os.close(link_fd)
         found = "it runs %s" % current if current else "it has no XDP program"
@@ -139,10 +148,9 @@ def _attach_link(prog_fd, interface, index, mode):
 
 def _attach_netlink(prog_fd, interface, index, mode):
     try:
-        netlink.xdp_attach(index, prog_fd, syscall.XDP_FLAGS_UPDATE_IF_NOEXIST | _MODE_FLAGS[mode])
-    except ProbeError as e:
-        e.message = "netlink: " + e.message
-        raise
+        netlink.xdp_attach(index, prog_fd, XDP_FLAGS_UPDATE_IF_NOEXIST | _MODE_FLAGS[mode])
+    except KernelError as e:
+        raise e.wrap("netlink") from e
     return NetlinkXdp(syscall.prog_info(prog_fd).id, interface, index, mode)
 
 
@@ -173,7 +181,7 @@ def attach_xdp(prog_fd, interface, mode="auto", force=False, method="auto"):
         for attempt in modes:
             try:
                 attached = attach(prog_fd, interface, index, attempt)
-            except ProbeError as e:
+            except KernelError as e:
                 if how == "link" and method == "auto" and e.errno == errno.EINVAL:
                     log.debug("%s: no XDP bpf_link in this kernel (%s); attaching through netlink",
                               interface, e.message)
@@ -182,7 +190,7 @@ def attach_xdp(prog_fd, interface, mode="auto", force=False, method="auto"):
                     log.info("%s: its driver has no native XDP (%s); attaching in generic mode",
                              interface, e.message)
                     continue
-                raise _attach_error(e, interface, index, attempt)
+                raise _attach_error(e, interface, index, attempt) from e
             log.debug("attached to %s in %s mode through %s", interface, attempt, how)
             return attached
 
@@ -190,37 +198,27 @@ def attach_xdp(prog_fd, interface, mode="auto", force=False, method="auto"):
 def _attach_error(e, interface, index, mode):
     if e.errno in (errno.EBUSY, errno.EEXIST):
         current = holder(index)
-        return ProbeError("%s already has an XDP program: %s" % (interface, current or "another program"),
+        return KernelError("%s already has an XDP program: %s" % (interface, current or "another program"),
                           hint="run with --force to replace it", errno=e.errno)
     if e.errno == errno.EOPNOTSUPP and mode == "native":
-        return ProbeError("%s: its driver has no native XDP" % interface,
+        return KernelError("%s: its driver has no native XDP" % interface,
                           hint="use --mode generic (or auto)", errno=e.errno)
     if e.errno == errno.EINVAL:
-        return ProbeError("%s refused the XDP program in %s mode (%s)" % (interface, mode, e.message),
+        return KernelError("%s refused the XDP program in %s mode (%s)" % (interface, mode, e.message),
                           hint="XDP links need kernel 5.9 or newer: try --attach netlink, or --mode generic",
                           errno=e.errno)
-    return permission_error(e) or ProbeError("cannot attach to %s: %s" % (interface, e.message),
+    return permission_error(e) or KernelError("cannot attach to %s: %s" % (interface, e.message),
                                              errno=e.errno)
 
 
-def detach(interface, force=False, pins=None):
-    """Remove kubenetprobe's XDP program from an interface (any program with force) and its pins (a
-    pin.PinDir); returns the Holder of what was removed, or None when only pins were left."""
-    if pins is not None and pins.exists():
-        link_fd = pins.open_link()
-        if link_fd is not None:
-            try:
-                syscall.link_detach(link_fd)  # even if someone else holds the link too
-            finally:
-                os.close(link_fd)
-        pins.remove()
+def detach(interface, owner, force=False):
+    """Remove `owner`'s XDP program from an interface (any program with force); returns the Holder of what
+    was removed, or None when the hook was empty."""
     current = holder(interfaces.ifindex(interface))
     if current is None:
-        if pins is not None:
-            return None
-        raise ProbeError("%s has no XDP program" % interface)
-    if not current.is_ours() and not force:
-        raise ProbeError("the XDP program on %s is not kubenetprobe's: %s" % (interface, current),
+        return None
+    if not current.is_owned_by(owner) and not force:
+        raise ProbeError("the XDP program on %s is not %s's: %s" % (interface, owner, current),
                          hint="--force removes it anyway")
     current.remove()
     return current

@@ -2,9 +2,11 @@
 import ctypes
 import errno
 
-from probe import log, syscall
-from probe.engine import Engine, LoadedObject, raise_memlock_limit, verifier_error
-from probe.errors import ProbeError, permission_error
+from probe import log
+from probe.bpf import syscall
+from probe.bpf.engine import Engine, raise_memlock_limit, verifier_error
+from probe.bpf.objects import LoadedObject
+from probe.errors import KernelError, ObjectError, ProbeError, permission_error
 
 SONAMES = ("libbpf.so.1", "libbpf.so.0")
 _MAX_ERRNO = 4095
@@ -175,14 +177,14 @@ class LibbpfEngine(Engine):
     def maps(self, obj):
         return {self.lib.bpf_map__name(m).decode(): self.lib.bpf_map__fd(m) for m in self._iterate("next_map", obj)}
 
-    def load_bytes(self, data, reuse_maps=None):
+    def load_bytes(self, data, reuse_maps=None, pin_root=None):
         raise_memlock_limit()
         buffer = ctypes.create_string_buffer(bytes(data), len(data))
         self._log.take()
         obj = self.lib.bpf_object__open_mem(buffer, len(data), None)
         err = self._pointer_error(obj)
         if err:
-            raise self._error("libbpf cannot open the object", err)
+            raise self._error("libbpf cannot open the object", err, ObjectError)
         for name, fd in sorted((reuse_maps or {}).items()):
             found = self.lib.bpf_object__find_map_by_name(obj, name.encode())
             rc = self.lib.bpf_map__reuse_fd(found, fd) if found else -errno.ENOENT
@@ -196,17 +198,17 @@ class LibbpfEngine(Engine):
         self._log.take()
         return LibbpfObject(self, obj, buffer)
 
-    def _error(self, what, err):
+    def _error(self, what, err, kind=KernelError):
         text = self._log.take()
         # Checked first: the verifier's refusals come as EACCES too.
         refusal = verifier_error(verifier_log(text) or "", err, text)
         if refusal:
             return refusal
-        e = ProbeError("%s: %s" % (what, self._strerror(err)), errno=err, log=text or None)
-        perm = permission_error(e)
+        message = "%s: %s" % (what, self._strerror(err))
+        perm = permission_error(ProbeError(message, errno=err, log=text or None))
         if perm:
             return perm
         lines = [l for l in text.splitlines() if l.strip()]
         if lines:
-            e.message += " (%s)" % lines[-1].strip().replace("libbpf: ", "")
-        return e
+            message += " (%s)" % lines[-1].strip().replace("libbpf: ", "")
+        return kind(message, errno=err, log=text or None)

@@ -1,17 +1,19 @@
-"""The native engine: loads an object with bpf(2) alone, no libbpf (read by probe.spec, created here)."""
+"""The native engine: loads an object with bpf(2) alone, no libbpf (read by probe.bpf.spec, created here)."""
 import ctypes
 import errno
 import os
 import sys
 
-from probe import log, syscall
-from probe.engine import Engine, LoadedObject, raise_memlock_limit, verifier_error
-from probe.errors import ProbeError, permission_error
-from probe.spec import BPF_INSN_SIZE, read_object
+from probe import log
+from probe.bpf import syscall
+from probe.bpf.constants import BPF_BTF_LOAD, BPF_INSN_SIZE, BPF_PROG_TYPE_XDP, BPF_PSEUDO_MAP_FD, BPF_XDP
+from probe.bpf.engine import Engine, raise_memlock_limit, verifier_error
+from probe.bpf.objects import LoadedObject
+from probe.bpf.spec import read_object
+from probe.errors import KernelError, ObjectError, permission_error
 
-BPF_PSEUDO_MAP_FD = 1  # ld_imm64 src_reg: imm holds a map fd
 # As libbpf sets it for SEC("xdp").
-_EXPECTED_ATTACH_TYPE = {syscall.BPF_PROG_TYPE_XDP: syscall.BPF_XDP}
+_EXPECTED_ATTACH_TYPE = {BPF_PROG_TYPE_XDP: BPF_XDP}
 _LOG_SIZE = 1 << 16
 _MAX_LOG_SIZE = 1 << 24
 
@@ -24,8 +26,8 @@ class NativeObject(LoadedObject):
         self._btf_fd = btf_fd
 
     def close(self):
-        for fd in list(self.programs.values()) + list(self.maps.values()):
-            os.close(fd)
+        for item in list(self.programs.values()) + list(self.maps.values()):
+            os.close(item.fd)
         if self._btf_fd is not None:
             os.close(self._btf_fd)
         self.programs, self.maps, self._btf_fd = {}, {}, None
@@ -39,9 +41,9 @@ def _load_btf(blob):
     """The fd of the object's BTF in the kernel, or None where the kernel does not take it."""
     data = ctypes.create_string_buffer(blob, len(blob))
     try:
-        return syscall.bpf(syscall.BPF_BTF_LOAD, syscall.BtfLoadAttr(btf=ctypes.addressof(data),
+        return syscall.bpf(BPF_BTF_LOAD, syscall.BtfLoadAttr(btf=ctypes.addressof(data),
                                                                      btf_size=len(blob)))
-    except ProbeError as e:
+    except KernelError as e:
         perm = permission_error(e)
         if perm:
             raise perm
@@ -52,8 +54,8 @@ def _load_btf(blob):
 def _create_map(spec, btf_fd):
     try:
         return _create_map_with_btf(spec, btf_fd)
-    except ProbeError as e:
-        raise permission_error(e) or ProbeError("cannot create map %s: %s" % (spec.name, e.message), errno=e.errno)
+    except KernelError as e:
+        raise (permission_error(e) or e.wrap("cannot create map %s" % spec.name)) from e
 
 
 def _create_map_with_btf(spec, btf_fd):
@@ -64,13 +66,13 @@ def _create_map_with_btf(spec, btf_fd):
         attr.btf_fd, attr.btf_key_type_id, attr.btf_value_type_id = \
             btf_fd, spec.btf_key_type_id, spec.btf_value_type_id
         try:
-            return syscall.bpf(syscall.BPF_MAP_CREATE, attr)
-        except ProbeError as e:
+            return syscall.map_create(attr)
+        except KernelError as e:
             if e.errno != errno.EINVAL:
                 raise
             log.debug("native: map %s refused its BTF types (%s); creating it without", spec.name, e.message)
             attr.btf_fd = attr.btf_key_type_id = attr.btf_value_type_id = 0
-    return syscall.bpf(syscall.BPF_MAP_CREATE, attr)
+    return syscall.map_create(attr)
 
 
 def _relocated(program, map_fds):
@@ -113,8 +115,8 @@ def _load_program(program, insns, license, btf_fd):
     first = None
     for attempt in attempts:
         try:
-            return syscall.bpf(syscall.BPF_PROG_LOAD, attempt)
-        except ProbeError as e:
+            return syscall.prog_load(attempt)
+        except KernelError as e:
             if e.errno not in (errno.EACCES, errno.EINVAL):
                 raise permission_error(e) or e
             first = first or e
@@ -127,13 +129,13 @@ def _load_program(program, insns, license, btf_fd):
         buf = ctypes.create_string_buffer(size)
         attr.log_level, attr.log_size, attr.log_buf = 1, size, ctypes.addressof(buf)
         try:
-            return syscall.bpf(syscall.BPF_PROG_LOAD, attr)  # passed this time: the kernel's refusal was flaky
-        except ProbeError as e:
+            return syscall.prog_load(attr)  # passed this time: the kernel's refusal was flaky
+        except KernelError as e:
             if e.errno == errno.ENOSPC and size < _MAX_LOG_SIZE:
                 size *= 4
                 continue
             text = buf.value.decode("utf-8", "replace")
-            raise verifier_error(text, first.errno) or permission_error(first) or ProbeError(
+            raise verifier_error(text, first.errno) or permission_error(first) or KernelError(
                 "the kernel refused to load program %s: %s" % (program.name, first.message),
                 errno=first.errno, log=text or None)
 
@@ -143,14 +145,13 @@ class NativeEngine(Engine):
 
     name = "native"
 
-    def load_bytes(self, data, reuse_maps=None):
+    def load_bytes(self, data, reuse_maps=None, pin_root=None):
         try:
             spec = read_object(bytes(data))
-        except ProbeError as e:
-            e.message = "cannot read the object: " + e.message
-            raise
+        except ObjectError as e:
+            raise e.wrap("cannot read the object") from e
         if spec.byteorder != sys.byteorder:
-            raise ProbeError("the object is %s-endian, this machine %s-endian" % (spec.byteorder, sys.byteorder))
+            raise ObjectError("the object is %s-endian, this machine %s-endian" % (spec.byteorder, sys.byteorder))
         raise_memlock_limit()
         btf_fd = _load_btf(spec.btf) if spec.btf else None
         maps, programs = {}, {}
@@ -162,7 +163,9 @@ class NativeEngine(Engine):
                     maps[name] = _create_map(map_spec, btf_fd)
             for name, program in sorted(spec.programs.items()):
                 programs[name] = _load_program(program, _relocated(program, maps), spec.license or "", btf_fd)
-        except ProbeError:
-            NativeObject(programs, maps, btf_fd).close()
+            return NativeObject(programs, maps, btf_fd)
+        except BaseException:  # KeyboardInterrupt too: no fd is left behind
+            for fd in list(programs.values()) + list(maps.values()) + [btf_fd]:
+                if fd is not None:
+                    os.close(fd)
             raise
-        return NativeObject(programs, maps, btf_fd)

@@ -1,13 +1,10 @@
 """ObjectSpec: the maps and programs of a BPF ELF object, read and checked before anything is loaded."""
 import struct
 
-from probe import btf as _btf
-from probe import elf
-from probe.errors import ProbeError
-from probe.syscall import BPF_PROG_TYPE_XDP
-
-BPF_INSN_SIZE = 8
-BPF_LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW: the first half of a 16-byte instruction
+from probe.bpf import btf as _btf
+from probe.bpf import elf
+from probe.bpf.constants import BPF_INSN_SIZE, BPF_LD_IMM64, BPF_PROG_TYPE_XDP
+from probe.errors import ObjectError
 
 MAPS_SECTION = ".maps"
 LICENSE_SECTION = "license"
@@ -84,10 +81,10 @@ class ObjectSpec(object):
 
 
 def read_object(data):
-    """Read an ELF BPF object (bytes) into an ObjectSpec; anything wrong raises ProbeError."""
+    """Read an ELF BPF object (bytes) into an ObjectSpec; anything wrong raises ObjectError."""
     f = elf.ElfFile(data)
     if f.section_by_name("maps") is not None:
-        raise ProbeError("legacy 'maps' section (struct bpf_map_def) is not supported: declare maps in '.maps'")
+        raise ObjectError("legacy 'maps' section (struct bpf_map_def) is not supported: declare maps in '.maps'")
     btf_section = f.section_by_name(BTF_SECTION)
     types = _btf.parse_btf(f.section_data(btf_section)) if btf_section is not None else None
     maps = _read_maps(f, types)
@@ -111,19 +108,19 @@ def _read_maps(f, types):
     if section is None:
         return {}
     if types is None:
-        raise ProbeError("the object has a '.maps' section but no BTF to describe it")
+        raise ObjectError("the object has a '.maps' section but no BTF to describe it")
     datasec = types.find(MAPS_SECTION, _btf.BTF_KIND_DATASEC)
     if datasec is None:
-        raise ProbeError("the object's BTF has no DATASEC for its '.maps' section")
+        raise ObjectError("the object's BTF has no DATASEC for its '.maps' section")
     maps = {}
     for info in datasec.vars:
         var = types.type_by_id(info.type)
         if var.kind != _btf.BTF_KIND_VAR:
-            raise ProbeError("'.maps' holds %s, not a map variable" % var.describe())
+            raise ObjectError("'.maps' holds %s, not a map variable" % var.describe())
         if var.name in maps:
-            raise ProbeError("map '%s' is declared twice" % var.name)
+            raise ObjectError("map '%s' is declared twice" % var.name)
         if var.linkage == _btf.BTF_VAR_GLOBAL_EXTERN:
-            raise ProbeError("map '%s' is extern: declare it in this object" % var.name)
+            raise ObjectError("map '%s' is extern: declare it in this object" % var.name)
         maps[var.name] = _map_spec(types, var)
     return maps
 
@@ -132,7 +129,7 @@ def _map_spec(types, var):
     """A MapSpec from a map variable: a struct whose members are `__uint(name, value)` or `__type(name, T)`."""
     definition = types.skip_modifiers(var.type)
     if definition.kind != _btf.BTF_KIND_STRUCT:
-        raise ProbeError("map '%s': its definition is %s, not a struct" % (var.name, definition.describe()))
+        raise ObjectError("map '%s': its definition is %s, not a struct" % (var.name, definition.describe()))
     numbers, typed = {}, {}
     for member in definition.members:
         if member.name in _MAP_INT_MEMBERS:
@@ -140,7 +137,7 @@ def _map_spec(types, var):
         elif member.name in ("key", "value"):
             typed[member.name] = _map_type(types, var.name, member)
         else:
-            raise ProbeError("map '%s': member '%s' is not supported" % (var.name, member.name))
+            raise ObjectError("map '%s': member '%s' is not supported" % (var.name, member.name))
     map_spec = MapSpec(var.name, type=numbers.get("type", 0), max_entries=numbers.get("max_entries", 0),
                        flags=numbers.get("map_flags", 0))
     for part in ("key", "value"):
@@ -148,7 +145,7 @@ def _map_spec(types, var):
         if part in typed:
             type_size = types.size_of(typed[part])
             if size and size != type_size:
-                raise ProbeError("map '%s': %s_size %d disagrees with the size of its %s type, %d" %
+                raise ObjectError("map '%s': %s_size %d disagrees with the size of its %s type, %d" %
                                  (var.name, part, size, part, type_size))
             size = type_size
             setattr(map_spec, "btf_%s_type_id" % part, typed[part])
@@ -160,7 +157,7 @@ def _map_type(types, map_name, member):
     """The type id of `__type(name, T)`, which is `T *name`: the kernel takes T's id, and its size."""
     pointer = types.skip_modifiers(member.type)
     if pointer.kind != _btf.BTF_KIND_PTR:
-        raise ProbeError("map '%s': '%s' is %s, expected a pointer (__type)" %
+        raise ObjectError("map '%s': '%s' is %s, expected a pointer (__type)" %
                          (map_name, member.name, pointer.describe()))
     return pointer.type
 
@@ -169,11 +166,11 @@ def _map_int(types, map_name, member):
     """The value of `__uint(name, value)`, which clang encodes as `int (*name)[value]`."""
     pointer = types.skip_modifiers(member.type)
     if pointer.kind != _btf.BTF_KIND_PTR:
-        raise ProbeError("map '%s': '%s' is %s, expected a pointer to an array (__uint)" %
+        raise ObjectError("map '%s': '%s' is %s, expected a pointer to an array (__uint)" %
                          (map_name, member.name, pointer.describe()))
     array = types.type_by_id(pointer.type)
     if array.kind != _btf.BTF_KIND_ARRAY:
-        raise ProbeError("map '%s': '%s' points to %s, expected an array (__uint)" %
+        raise ObjectError("map '%s': '%s' points to %s, expected an array (__uint)" %
                          (map_name, member.name, array.describe()))
     return array.array.nelems
 
@@ -190,7 +187,7 @@ def _read_programs(f, maps):
         found = _section_programs(f, section, prog_type, code)
         for spec in found:
             if spec.name in programs:
-                raise ProbeError("program '%s' is defined twice" % spec.name)
+                raise ObjectError("program '%s' is defined twice" % spec.name)
             programs[spec.name] = spec
         by_section[section.index] = found
     for section in f.sections:
@@ -198,7 +195,7 @@ def _read_programs(f, maps):
             continue
         target = f.sections[section.info]
         if section.type == elf.SHT_RELA:
-            raise ProbeError("section '%s': RELA relocations are not supported in BPF objects" % target.name)
+            raise ObjectError("section '%s': RELA relocations are not supported in BPF objects" % target.name)
         _relocate(f, target, by_section[section.info], f.relocations(section), maps)
     return programs
 
@@ -212,7 +209,7 @@ def _is_program_section(section):
 def _program_type(section_name):
     prog_type = PROGRAM_TYPES.get(section_name.split("/", 1)[0])
     if prog_type is None:
-        raise ProbeError("section '%s': unknown program type (known: %s)" %
+        raise ObjectError("section '%s': unknown program type (known: %s)" %
                          (section_name, ", ".join(sorted(PROGRAM_TYPES))))
     return prog_type
 
@@ -222,17 +219,17 @@ def _section_programs(f, section, prog_type, code):
     functions = sorted((s for s in f.symbols() if s.shndx == section.index and s.type == elf.STT_FUNC),
                        key=lambda s: s.value)
     if not functions:
-        raise ProbeError("section '%s' has code but no function symbol" % section.name)
+        raise ObjectError("section '%s' has code but no function symbol" % section.name)
     programs = []
     end = 0
     for sym in functions:
         where = "program '%s' in section '%s'" % (sym.name, section.name)
         if sym.bind == elf.STB_LOCAL:
-            raise ProbeError("%s is static: programs must be global functions" % where)
+            raise ObjectError("%s is static: programs must be global functions" % where)
         if sym.value % BPF_INSN_SIZE or sym.size % BPF_INSN_SIZE or sym.size == 0:
-            raise ProbeError("%s: offset %d and size %d are not whole instructions" % (where, sym.value, sym.size))
+            raise ObjectError("%s: offset %d and size %d are not whole instructions" % (where, sym.value, sym.size))
         if sym.value < end or sym.value + sym.size > len(code):
-            raise ProbeError("%s: bytes %d..%d overlap another program or leave the section (%d bytes)" %
+            raise ObjectError("%s: bytes %d..%d overlap another program or leave the section (%d bytes)" %
                              (where, sym.value, sym.value + sym.size, len(code)))
         end = sym.value + sym.size
         programs.append(ProgramSpec(sym.name, section.name, prog_type, code[sym.value:end], [], sym.value))
@@ -249,17 +246,17 @@ def _relocate(f, section, programs, relocations, maps):
         where = "program '%s' instruction %d" % (program.name, index)
         name = rel.symbol.name or "symbol %d" % rel.symbol.index
         if rel.type != elf.R_BPF_64_64:
-            raise ProbeError("%s: relocation %s to '%s' is not supported (only map references are)" %
+            raise ObjectError("%s: relocation %s to '%s' is not supported (only map references are)" %
                              (where, elf.RELOCATION_NAMES.get(rel.type, rel.type), name))
         if rel.symbol.name not in maps:
-            raise ProbeError("%s: relocation to missing map '%s'" % (where, name))
+            raise ObjectError("%s: relocation to missing map '%s'" % (where, name))
         home = f.sections[rel.symbol.shndx].name if rel.symbol.shndx < len(f.sections) else None
         if home != MAPS_SECTION:
-            raise ProbeError("%s: relocation to missing map '%s' (its symbol is in section %r, not '%s')" %
+            raise ObjectError("%s: relocation to missing map '%s' (its symbol is in section %r, not '%s')" %
                              (where, name, home, MAPS_SECTION))
         opcode = program.instructions[index * BPF_INSN_SIZE]
         if opcode != BPF_LD_IMM64 or (index + 2) * BPF_INSN_SIZE > len(program.instructions):
-            raise ProbeError("%s: relocation to map '%s' on opcode 0x%02x, not a whole ld_imm64" %
+            raise ObjectError("%s: relocation to map '%s' on opcode 0x%02x, not a whole ld_imm64" %
                              (where, name, opcode))
         program.map_relocations.append((index, rel.symbol.name))
 
@@ -274,7 +271,7 @@ def _attach_ext_infos(infos, programs, order):
                 insn_off = struct.unpack_from(order + "I", record)[0]
                 if start <= insn_off < end:
                     if insn_off % BPF_INSN_SIZE:
-                        raise ProbeError("program '%s': %s at byte %d, not on an instruction" %
+                        raise ObjectError("program '%s': %s at byte %d, not on an instruction" %
                                          (program.name, what, insn_off))
                     records.append(struct.pack(order + "I", (insn_off - start) // BPF_INSN_SIZE) + record[4:])
             setattr(program, what, (rec_size, b"".join(records)) if records else None)
@@ -282,11 +279,11 @@ def _attach_ext_infos(infos, programs, order):
 
 def _program_at(section, programs, offset):
     if offset % BPF_INSN_SIZE:
-        raise ProbeError("section '%s': relocation at offset %d is not on an instruction" % (section.name, offset))
+        raise ObjectError("section '%s': relocation at offset %d is not on an instruction" % (section.name, offset))
     for program in programs:
         if program.offset <= offset < program.offset + len(program.instructions):
             return program
-    raise ProbeError("section '%s': relocation at offset %d is outside every program" % (section.name, offset))
+    raise ObjectError("section '%s': relocation at offset %d is outside every program" % (section.name, offset))
 
 
 def _fixed_up_btf(f, types):

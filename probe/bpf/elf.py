@@ -2,7 +2,7 @@
 import collections
 import struct
 
-from probe.errors import ProbeError
+from probe.errors import ObjectError
 
 # elf.h: e_ident
 ELFMAG = b"\x7fELF"
@@ -87,7 +87,7 @@ def unpack(fmt, data, offset, what):
     """struct.unpack_from that says what was cut short instead of raising struct.error."""
     size = fmt.size
     if offset < 0 or offset + size > len(data):
-        raise ProbeError("truncated object: %s needs bytes %d..%d, the data has %d" %
+        raise ObjectError("truncated object: %s needs bytes %d..%d, the data has %d" %
                          (what, offset, offset + size, len(data)))
     return fmt.unpack_from(data, offset)
 
@@ -95,10 +95,10 @@ def unpack(fmt, data, offset, what):
 def cstring(data, offset, what):
     """The NUL-terminated string at `offset` of a string table, decoded for display."""
     if offset < 0 or offset >= len(data):
-        raise ProbeError("%s: string offset %d is outside its table (%d bytes)" % (what, offset, len(data)))
+        raise ObjectError("%s: string offset %d is outside its table (%d bytes)" % (what, offset, len(data)))
     end = data.find(b"\0", offset)
     if end < 0:
-        raise ProbeError("%s: string at offset %d is not terminated" % (what, offset))
+        raise ObjectError("%s: string at offset %d is not terminated" % (what, offset))
     return data[offset:end].decode("utf-8", "replace")
 
 
@@ -175,35 +175,35 @@ class ElfFile(object):
     def _check_header(self):
         h = self.header
         if h.e_machine != EM_BPF:
-            raise ProbeError("not a BPF object: machine %d (expected EM_BPF, %d)" % (h.e_machine, EM_BPF))
+            raise ObjectError("not a BPF object: machine %d (expected EM_BPF, %d)" % (h.e_machine, EM_BPF))
         if h.e_type != ET_REL:
-            raise ProbeError("not a BPF object file: ELF type %d (expected ET_REL, %d)" % (h.e_type, ET_REL))
+            raise ObjectError("not a BPF object file: ELF type %d (expected ET_REL, %d)" % (h.e_type, ET_REL))
         if h.e_shnum == 0 or h.e_shoff == 0:
-            raise ProbeError("malformed ELF: no section headers")
+            raise ObjectError("malformed ELF: no section headers")
         if h.e_shentsize != SHDR_SIZE:
-            raise ProbeError("malformed ELF: section header size %d (expected %d)" % (h.e_shentsize, SHDR_SIZE))
+            raise ObjectError("malformed ELF: section header size %d (expected %d)" % (h.e_shentsize, SHDR_SIZE))
         if h.e_shstrndx >= h.e_shnum:
-            raise ProbeError("malformed ELF: section name table index %d of %d sections" %
+            raise ObjectError("malformed ELF: section name table index %d of %d sections" %
                              (h.e_shstrndx, h.e_shnum))
 
     def _read_sections(self):
         h = self.header
         end = h.e_shoff + h.e_shnum * SHDR_SIZE
         if end > len(self.data):
-            raise ProbeError("truncated object: %d section headers at offset %d end at %d, the data has %d bytes" %
+            raise ObjectError("truncated object: %d section headers at offset %d end at %d, the data has %d bytes" %
                              (h.e_shnum, h.e_shoff, end, len(self.data)))
         headers = [self._unpack(_Shdr, self.data, h.e_shoff + i * SHDR_SIZE, "section header %d" % i)
                    for i in range(h.e_shnum)]
         names = Section(h.e_shstrndx, "", headers[h.e_shstrndx])
         if names.type != SHT_STRTAB:
-            raise ProbeError("malformed ELF: section name table (section %d) is not a string table" % names.index)
+            raise ObjectError("malformed ELF: section name table (section %d) is not a string table" % names.index)
         table = self._bounded(names, "the section name table")
         return [Section(i, cstring(table, hdr.sh_name, "name of section %d" % i), hdr)
                 for i, hdr in enumerate(headers)]
 
     def _bounded(self, section, what):
         if section.offset + section.size > len(self.data):
-            raise ProbeError("truncated object: %s (offset %d, %d bytes) runs past the end (%d bytes)" %
+            raise ObjectError("truncated object: %s (offset %d, %d bytes) runs past the end (%d bytes)" %
                              (what, section.offset, section.size, len(self.data)))
         return self.data[section.offset:section.offset + section.size]
 
@@ -223,7 +223,7 @@ class ElfFile(object):
     def section_by_index(self, index, what):
         """The section at an index taken from the file, checked."""
         if not 0 <= index < len(self.sections):
-            raise ProbeError("malformed ELF: %s refers to section %d of %d" % (what, index, len(self.sections)))
+            raise ObjectError("malformed ELF: %s refers to section %d of %d" % (what, index, len(self.sections)))
         return self.sections[index]
 
     def symbols(self):
@@ -231,19 +231,19 @@ class ElfFile(object):
         if self._symbols is None:
             tables = [s for s in self.sections if s.type == SHT_SYMTAB]
             if len(tables) != 1:
-                raise ProbeError("malformed BPF object: %d symbol tables (expected one; was it stripped?)" %
+                raise ObjectError("malformed BPF object: %d symbol tables (expected one; was it stripped?)" %
                                  len(tables))
             self._symbols = self._read_symbols(tables[0])
         return self._symbols
 
     def _read_symbols(self, table):
         if table.entsize != SYM_SIZE or table.size % SYM_SIZE:
-            raise ProbeError("malformed ELF: symbol table entries of %d bytes in %d (expected %d each)" %
+            raise ObjectError("malformed ELF: symbol table entries of %d bytes in %d (expected %d each)" %
                              (table.entsize, table.size, SYM_SIZE))
         data = self._bounded(table, "the symbol table")
         strings = self.section_by_index(table.link, "the symbol table's string table")
         if strings.type != SHT_STRTAB:
-            raise ProbeError("malformed ELF: the symbol table's string table (section %d) is not one" %
+            raise ObjectError("malformed ELF: the symbol table's string table (section %d) is not one" %
                              strings.index)
         names = self._bounded(strings, "the symbol string table")
         symbols = []
@@ -255,20 +255,20 @@ class ElfFile(object):
     def relocations(self, section):
         """The entries of a SHT_REL section, each with its Symbol."""
         if section.type != SHT_REL:
-            raise ProbeError("section %r is not a SHT_REL relocation section" % section.name)
+            raise ObjectError("section %r is not a SHT_REL relocation section" % section.name)
         if section.entsize != REL_SIZE or section.size % REL_SIZE:
-            raise ProbeError("malformed ELF: relocation section %r has entries of %d bytes in %d (expected %d)" %
+            raise ObjectError("malformed ELF: relocation section %r has entries of %d bytes in %d (expected %d)" %
                              (section.name, section.entsize, section.size, REL_SIZE))
         symbols = self.symbols()
         if self.section_by_index(section.link, "relocation section %r" % section.name).type != SHT_SYMTAB:
-            raise ProbeError("malformed ELF: relocation section %r does not use the symbol table" % section.name)
+            raise ObjectError("malformed ELF: relocation section %r does not use the symbol table" % section.name)
         data = self._bounded(section, "relocation section %r" % section.name)
         relocations = []
         for i in range(section.size // REL_SIZE):
             rel = self._unpack(_Rel, data, i * REL_SIZE, "relocation %d of %r" % (i, section.name))
             index = rel.r_info >> 32
             if index >= len(symbols):
-                raise ProbeError("malformed ELF: relocation %d of %r refers to symbol %d of %d" %
+                raise ObjectError("malformed ELF: relocation %d of %r refers to symbol %d of %d" %
                                  (i, section.name, index, len(symbols)))
             relocations.append(Relocation(rel.r_offset, rel.r_info & 0xffffffff, symbols[index]))
         return relocations
@@ -277,15 +277,15 @@ class ElfFile(object):
 def _check_ident(data):
     """Check e_ident; return the struct byte order, "<" or ">"."""
     if data[:4] != ELFMAG:
-        raise ProbeError("not an ELF object (no ELF magic number)")
+        raise ObjectError("not an ELF object (no ELF magic number)")
     if len(data) < EHDR_SIZE:
-        raise ProbeError("truncated object: %d bytes, shorter than an ELF header" % len(data))
+        raise ObjectError("truncated object: %d bytes, shorter than an ELF header" % len(data))
     if data[EI_CLASS] != ELFCLASS64:
-        raise ProbeError("not a BPF object: ELF class %d (expected ELFCLASS64, %d)" % (data[EI_CLASS], ELFCLASS64))
+        raise ObjectError("not a BPF object: ELF class %d (expected ELFCLASS64, %d)" % (data[EI_CLASS], ELFCLASS64))
     if data[EI_VERSION] != EV_CURRENT:
-        raise ProbeError("unsupported ELF version %d" % data[EI_VERSION])
+        raise ObjectError("unsupported ELF version %d" % data[EI_VERSION])
     try:
         return {ELFDATA2LSB: "<", ELFDATA2MSB: ">"}[data[EI_DATA]]
     except KeyError:
-        raise ProbeError("malformed ELF: unknown data encoding %d" % data[EI_DATA])
+        raise ObjectError("malformed ELF: unknown data encoding %d" % data[EI_DATA])
 

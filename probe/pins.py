@@ -1,43 +1,13 @@
-"""Pinned state on a bpffs, opt-in (--pin DIR): DIR/IFACE/ holds the stats map and the link of one interface,
-so the program keeps counting after the probe exits and the next run takes both over."""
-import ctypes
+"""Pinned state, opt-in (--pin DIR): DIR/IFACE/ holds the stats map and the link of one interface, so the
+program keeps counting after the probe exits and the next run takes both over."""
 import errno
 import os
 
-from probe import layout, syscall
+from probe import layout
+from probe.bpf import syscall
 from probe.errors import ProbeError
 
-BPF_FS_MAGIC = 0xCAFE4A11
-DEFAULT_BPFFS = "/sys/fs/bpf"
 LINK = "link"
-
-def _fs_type(path):
-    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field, a long
-    if syscall.libc.statfs(os.fsencode(path), buf) != 0:
-        err = ctypes.get_errno()
-        raise ProbeError("statfs %s: %s" % (path, os.strerror(err)), errno=err)
-    return ctypes.c_ulong.from_buffer(buf).value & 0xFFFFFFFF
-
-
-def _existing_parent(path):
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return path
-
-
-def ensure_bpffs(root):
-    """Check that `root` is on a bpffs; mount one at /sys/fs/bpf when that is where it should be."""
-    root = os.path.abspath(root)
-    if _fs_type(_existing_parent(root)) == BPF_FS_MAGIC:
-        return
-    inside_default = root == DEFAULT_BPFFS or root.startswith(DEFAULT_BPFFS + "/")
-    if inside_default and _fs_type(DEFAULT_BPFFS) != BPF_FS_MAGIC:
-        if syscall.libc.mount(b"bpf", DEFAULT_BPFFS.encode(), b"bpf", 0, b"mode=0700") != 0:
-            err = ctypes.get_errno()
-            raise ProbeError("cannot mount a bpffs at %s: %s" % (DEFAULT_BPFFS, os.strerror(err)), errno=err)
-        return
-    raise ProbeError("%s is not on a bpffs" % root,
-                     hint="use a folder under %s, or mount one: mount -t bpf bpf DIR" % DEFAULT_BPFFS)
 
 
 class PinDir(object):
@@ -69,6 +39,16 @@ class PinDir(object):
             if fd is not None:
                 syscall.obj_pin(fd, path)
                 os.chmod(path, 0o600)
+
+    def release(self):
+        """End what the pins keep: detach the pinned link (even if someone else holds it too), then unpin."""
+        link_fd = self.open_link()
+        if link_fd is not None:
+            try:
+                syscall.link_detach(link_fd)
+            finally:
+                os.close(link_fd)
+        self.remove()
 
     def remove(self):
         """Unpin everything; the kernel frees what nothing else holds."""

@@ -17,8 +17,8 @@ What libbpf does to an object's BTF before BPF_BTF_LOAD, and whether this module
 """
 import struct
 
-from probe.elf import cstring
-from probe.errors import ProbeError
+from probe.bpf.elf import cstring
+from probe.errors import ObjectError
 
 BTF_MAGIC = 0xEB9F
 BTF_VERSION = 1
@@ -189,7 +189,7 @@ class Btf(object):
     def type_by_id(self, type_id):
         """The Type with this id; id 0 is void."""
         if not 0 <= type_id < len(self.types):
-            raise ProbeError("BTF type id %d out of range (%d types)" % (type_id, len(self.types) - 1))
+            raise ObjectError("BTF type id %d out of range (%d types)" % (type_id, len(self.types) - 1))
         return self.types[type_id]
 
     def find(self, name, kind):
@@ -205,7 +205,7 @@ class Btf(object):
         seen = set()
         while t.kind in _MODIFIERS:
             if t.id in seen:
-                raise ProbeError("BTF type loop at %s" % t.describe())
+                raise ObjectError("BTF type loop at %s" % t.describe())
             seen.add(t.id)
             t = self.type_by_id(t.type)
         return t
@@ -217,7 +217,7 @@ class Btf(object):
         t = self.type_by_id(type_id)
         while True:
             if t.id in seen:
-                raise ProbeError("BTF type loop at %s" % t.describe())
+                raise ObjectError("BTF type loop at %s" % t.describe())
             seen.add(t.id)
             if t.kind in _SIZED:
                 size = t.size
@@ -231,42 +231,42 @@ class Btf(object):
             elif t.kind in _MODIFIERS or t.kind in (BTF_KIND_VAR, BTF_KIND_DECL_TAG):
                 t = self.type_by_id(t.type)
             else:
-                raise ProbeError("BTF type %s has no size" % t.describe())
+                raise ObjectError("BTF type %s has no size" % t.describe())
         total = size * count
         if total > 0xffffffff:
-            raise ProbeError("BTF type [%d] is too large (%d bytes)" % (type_id, total))
+            raise ObjectError("BTF type [%d] is too large (%d bytes)" % (type_id, total))
         return total
 
 
 def parse_btf(data):
-    """Parse a BTF blob (the .BTF section); any damage raises ProbeError."""
+    """Parse a BTF blob (the .BTF section); any damage raises ObjectError."""
     data = bytes(data)
     if len(data) < 4:
-        raise ProbeError("truncated BTF: %d bytes" % len(data))
+        raise ObjectError("truncated BTF: %d bytes" % len(data))
     if struct.unpack_from("<H", data)[0] == BTF_MAGIC:
         order = "<"
     elif struct.unpack_from(">H", data)[0] == BTF_MAGIC:
         order = ">"
     else:
-        raise ProbeError("not BTF: magic 0x%02x%02x (expected 0x%04x)" % (data[0], data[1], BTF_MAGIC))
+        raise ObjectError("not BTF: magic 0x%02x%02x (expected 0x%04x)" % (data[0], data[1], BTF_MAGIC))
     if len(data) < HEADER_SIZE:
-        raise ProbeError("truncated BTF: %d bytes, shorter than its header" % len(data))
+        raise ObjectError("truncated BTF: %d bytes, shorter than its header" % len(data))
     _, version, flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(order + "HBBIIIII", data)
     if version != BTF_VERSION or flags:
-        raise ProbeError("unsupported BTF: version %d, flags 0x%x" % (version, flags))
+        raise ObjectError("unsupported BTF: version %d, flags 0x%x" % (version, flags))
     if hdr_len < HEADER_SIZE or hdr_len > len(data):
-        raise ProbeError("malformed BTF: header length %d (data has %d bytes)" % (hdr_len, len(data)))
+        raise ObjectError("malformed BTF: header length %d (data has %d bytes)" % (hdr_len, len(data)))
     if any(data[HEADER_SIZE:hdr_len]):
-        raise ProbeError("unsupported BTF: header extension of %d bytes is not zero" % (hdr_len - HEADER_SIZE))
+        raise ObjectError("unsupported BTF: header extension of %d bytes is not zero" % (hdr_len - HEADER_SIZE))
     types_data = _section(data, hdr_len, type_off, type_len, "type")
     strings = _section(data, hdr_len, str_off, str_len, "string")
     if type_off % 4 or type_len % 4:
-        raise ProbeError("malformed BTF: type section at %d, %d bytes, is not 4-byte aligned" % (type_off, type_len))
+        raise ObjectError("malformed BTF: type section at %d, %d bytes, is not 4-byte aligned" % (type_off, type_len))
     if type_off < str_off + str_len and str_off < type_off + type_len:
-        raise ProbeError("malformed BTF: type section (%d+%d) and string section (%d+%d) overlap" %
+        raise ObjectError("malformed BTF: type section (%d+%d) and string section (%d+%d) overlap" %
                          (type_off, type_len, str_off, str_len))
     if not strings or strings[0] != 0 or strings[-1] != 0:
-        raise ProbeError("malformed BTF: the string section must start and end with a NUL byte")
+        raise ObjectError("malformed BTF: the string section must start and end with a NUL byte")
     types = _parse_types(types_data, strings, order)
     btf = Btf(data, order, (hdr_len, type_off, type_len, str_off, str_len), types, strings)
     _check_references(btf)
@@ -282,12 +282,12 @@ def parse_ext_infos(data, btf):
     {"func_info" or "line_info": (record size, {code section name: [record bytes]})}."""
     data, order = bytes(data), btf.byteorder
     if len(data) < BTF_EXT_HEADER_SIZE:
-        raise ProbeError("truncated .BTF.ext: %d bytes" % len(data))
+        raise ObjectError("truncated .BTF.ext: %d bytes" % len(data))
     magic, version, flags, hdr_len = struct.unpack_from(order + "HBBI", data)
     if magic != BTF_MAGIC or version != BTF_VERSION or flags:
-        raise ProbeError("unsupported .BTF.ext: magic 0x%04x, version %d, flags 0x%x" % (magic, version, flags))
+        raise ObjectError("unsupported .BTF.ext: magic 0x%04x, version %d, flags 0x%x" % (magic, version, flags))
     if hdr_len < BTF_EXT_HEADER_SIZE or hdr_len > len(data):
-        raise ProbeError("malformed .BTF.ext: header length %d (data has %d bytes)" % (hdr_len, len(data)))
+        raise ObjectError("malformed .BTF.ext: header length %d (data has %d bytes)" % (hdr_len, len(data)))
     offsets = struct.unpack_from(order + "IIII", data, 8)
     infos = {}
     for what, (offset, length), min_size in (("func_info", offsets[:2], 8), ("line_info", offsets[2:], 16)):
@@ -300,18 +300,18 @@ def _ext_info(data, btf, order, what, min_size):
     if not data:
         return min_size, {}
     if len(data) < 4:
-        raise ProbeError("malformed .BTF.ext: %s of %d bytes" % (what, len(data)))
+        raise ObjectError("malformed .BTF.ext: %s of %d bytes" % (what, len(data)))
     rec_size = struct.unpack_from(order + "I", data)[0]
     if rec_size < min_size or rec_size % 4:
-        raise ProbeError("malformed .BTF.ext: %s records of %d bytes" % (what, rec_size))
+        raise ObjectError("malformed .BTF.ext: %s records of %d bytes" % (what, rec_size))
     sections, pos = {}, 4
     while pos < len(data):
         if pos + 8 > len(data):
-            raise ProbeError("malformed .BTF.ext: %s cut short at byte %d" % (what, pos))
+            raise ObjectError("malformed .BTF.ext: %s cut short at byte %d" % (what, pos))
         name_off, count = struct.unpack_from(order + "II", data, pos)
         pos += 8
         if pos + count * rec_size > len(data):
-            raise ProbeError("malformed .BTF.ext: %s holds %d records past its end" % (what, count))
+            raise ObjectError("malformed .BTF.ext: %s holds %d records past its end" % (what, count))
         name = _name(btf.strings, name_off, what + " section")
         sections.setdefault(name, []).extend(data[pos + i * rec_size:pos + (i + 1) * rec_size] for i in range(count))
         pos += count * rec_size
@@ -321,7 +321,7 @@ def _ext_info(data, btf, order, what, min_size):
 def _section(data, hdr_len, offset, length, what):
     start = hdr_len + offset
     if start + length > len(data):
-        raise ProbeError("malformed BTF: %s section (offset %d, %d bytes) runs past the end of the data "
+        raise ObjectError("malformed BTF: %s section (offset %d, %d bytes) runs past the end of the data "
                          "(%d bytes)" % (what, offset, length, len(data)))
     return data[start:start + length]
 
@@ -341,18 +341,18 @@ def _parse_types(data, strings, order):
     while pos < len(data):
         type_id = len(types)
         if pos + TYPE_SIZE > len(data):
-            raise ProbeError("malformed BTF: type [%d] at offset %d runs past the type section" % (type_id, pos))
+            raise ObjectError("malformed BTF: type [%d] at offset %d runs past the type section" % (type_id, pos))
         name_off, info, size_or_type = header.unpack_from(data, pos)
         kind = (info >> 24) & 0x1f
         vlen = info & 0xffff
         if kind not in KIND_NAMES or kind == BTF_KIND_UNKN:
-            raise ProbeError("malformed BTF: type [%d] has unknown kind %d" % (type_id, kind))
+            raise ObjectError("malformed BTF: type [%d] has unknown kind %d" % (type_id, kind))
         t = Type(type_id, kind, _name(strings, name_off, "type [%d]" % type_id), bool(info >> 31), vlen,
                  size_or_type, pos)
         extra = _FIXED_EXTRA.get(kind, 0) + _ENTRY_SIZE.get(kind, 0) * vlen
         start, end = pos + TYPE_SIZE, pos + TYPE_SIZE + extra
         if end > len(data):
-            raise ProbeError("malformed BTF: %s (%d bytes) runs past the type section" % (t.describe(), end - pos))
+            raise ObjectError("malformed BTF: %s (%d bytes) runs past the type section" % (t.describe(), end - pos))
         what = "a member of " + t.describe()
         if kind == BTF_KIND_INT:
             bits = word.unpack_from(data, start)[0]
@@ -411,7 +411,7 @@ def _check_references(btf):
     for t in btf.types:
         for ref in _referenced(t):
             if ref >= len(btf.types):
-                raise ProbeError("malformed BTF: %s refers to type [%d], past the last type [%d]" %
+                raise ObjectError("malformed BTF: %s refers to type [%d], past the last type [%d]" %
                                  (t.describe(), ref, len(btf.types) - 1))
 
 
@@ -425,7 +425,7 @@ def _check_chains(btf):
         while t.kind in _CHAINED and t.id not in ends:
             if t.id in on_path:
                 loop = path[path.index(t):] + [t]
-                raise ProbeError("BTF type loop: %s" % " -> ".join(x.describe() for x in loop))
+                raise ObjectError("BTF type loop: %s" % " -> ".join(x.describe() for x in loop))
             path.append(t)
             on_path.add(t.id)
             t = btf.types[t.array.type if t.kind == BTF_KIND_ARRAY else t.type]
@@ -452,21 +452,21 @@ def fixup_datasecs(btf, section_sizes, symbol_values, hidden=frozenset()):
         if fixup_offsets:
             size = section_sizes.get(sec.name)
             if not size or size > 0xffffffff:
-                raise ProbeError("BTF DATASEC '%s': no ELF section of a usable size (%s)" % (sec.name, size))
+                raise ObjectError("BTF DATASEC '%s': no ELF section of a usable size (%s)" % (sec.name, size))
             word.pack_into(out, record + 8, size)
         entries = []
         for info in sec.vars:
             var = btf.type_by_id(info.type)
             if var.kind != BTF_KIND_VAR:
-                raise ProbeError("BTF DATASEC '%s' holds %s, not a VAR" % (sec.name, var.describe()))
+                raise ObjectError("BTF DATASEC '%s' holds %s, not a VAR" % (sec.name, var.describe()))
             offset = info.offset
             if var.linkage not in (BTF_VAR_STATIC, BTF_VAR_GLOBAL_EXTERN):
                 if var.name not in symbol_values:
-                    raise ProbeError("BTF DATASEC '%s': no ELF symbol for variable '%s'" % (sec.name, var.name))
+                    raise ObjectError("BTF DATASEC '%s': no ELF symbol for variable '%s'" % (sec.name, var.name))
                 value = symbol_values[var.name]
                 if fixup_offsets:
                     if value + info.size > size:
-                        raise ProbeError("BTF DATASEC '%s': variable '%s' at %d (%d bytes) is outside its "
+                        raise ObjectError("BTF DATASEC '%s': variable '%s' at %d (%d bytes) is outside its "
                                          "section" % (sec.name, var.name, value, info.size))
                     offset = value
                 if var.name in hidden:  # global in C, but not outside the object: static, as libbpf says

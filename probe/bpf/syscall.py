@@ -3,7 +3,12 @@ import ctypes
 import errno
 import os
 
-from probe.errors import ProbeError
+from probe.bpf.constants import (BPF_COMMAND_NAMES, BPF_F_REPLACE, BPF_LINK_CREATE, BPF_LINK_DETACH,
+                                 BPF_LINK_GET_FD_BY_ID, BPF_LINK_GET_NEXT_ID, BPF_LINK_TYPE_XDP, BPF_LINK_UPDATE,
+                                 BPF_MAP_CREATE, BPF_MAP_FREEZE, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_BATCH,
+                                 BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD,
+                                 BPF_OBJ_PIN, BPF_PROG_GET_FD_BY_ID, BPF_PROG_LOAD, BPF_PROG_TEST_RUN, BPF_XDP)
+from probe.errors import KernelError
 
 # bpf(2) syscall numbers by machine (asm/unistd.h).
 _SYS_BPF = {
@@ -16,55 +21,6 @@ _SYS_BPF = {
     "i686": 357,
     "i386": 357,
     "armv7l": 386,
-}
-
-# enum bpf_cmd
-BPF_MAP_CREATE = 0
-BPF_MAP_LOOKUP_ELEM = 1
-BPF_PROG_LOAD = 5
-BPF_OBJ_PIN = 6
-BPF_OBJ_GET = 7
-BPF_PROG_TEST_RUN = 10
-BPF_PROG_GET_FD_BY_ID = 13
-BPF_OBJ_GET_INFO_BY_FD = 15
-BPF_LINK_CREATE = 28
-BPF_LINK_UPDATE = 29
-BPF_LINK_GET_FD_BY_ID = 30
-BPF_LINK_GET_NEXT_ID = 31
-BPF_LINK_DETACH = 34
-BPF_BTF_LOAD = 18
-
-# enum bpf_map_type, enum bpf_prog_type
-BPF_MAP_TYPE_PERCPU_ARRAY = 6
-BPF_PROG_TYPE_XDP = 6
-
-# enum bpf_attach_type, enum bpf_link_type
-BPF_XDP = 37
-BPF_LINK_TYPE_XDP = 6
-
-# if_link.h
-XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
-XDP_FLAGS_REPLACE = 1 << 4
-
-BPF_F_REPLACE = 1 << 2  # BPF_LINK_UPDATE: only if the link still runs old_prog_fd
-
-_NAMES = {
-    BPF_MAP_CREATE: "BPF_MAP_CREATE",
-    BPF_PROG_LOAD: "BPF_PROG_LOAD",
-    BPF_OBJ_PIN: "BPF_OBJ_PIN",
-    BPF_OBJ_GET: "BPF_OBJ_GET",
-    BPF_LINK_UPDATE: "BPF_LINK_UPDATE",
-    BPF_BTF_LOAD: "BPF_BTF_LOAD",
-    BPF_MAP_LOOKUP_ELEM: "BPF_MAP_LOOKUP_ELEM",
-    BPF_PROG_TEST_RUN: "BPF_PROG_TEST_RUN",
-    BPF_PROG_GET_FD_BY_ID: "BPF_PROG_GET_FD_BY_ID",
-    BPF_OBJ_GET_INFO_BY_FD: "BPF_OBJ_GET_INFO_BY_FD",
-    BPF_LINK_CREATE: "BPF_LINK_CREATE",
-    BPF_LINK_GET_FD_BY_ID: "BPF_LINK_GET_FD_BY_ID",
-    BPF_LINK_GET_NEXT_ID: "BPF_LINK_GET_NEXT_ID",
-    BPF_LINK_DETACH: "BPF_LINK_DETACH",
 }
 
 _u32 = ctypes.c_uint32
@@ -101,6 +57,12 @@ class BtfLoadAttr(ctypes.Structure):
 class MapElemAttr(ctypes.Structure):
     """union bpf_attr, BPF_MAP_*_ELEM commands."""
     _fields_ = [("map_fd", _u32), ("_pad", _u32), ("key", _u64), ("value", _u64), ("flags", _u64)]
+
+
+class BatchAttr(ctypes.Structure):
+    """union bpf_attr, BPF_MAP_*_BATCH commands (batch)."""
+    _fields_ = [("in_batch", _u64), ("out_batch", _u64), ("keys", _u64), ("values", _u64), ("count", _u32),
+                ("map_fd", _u32), ("elem_flags", _u64), ("flags", _u64)]
 
 
 class TestRunAttr(ctypes.Structure):
@@ -174,23 +136,94 @@ _NR_BPF = _SYS_BPF.get(_MACHINE)
 
 
 def bpf(cmd, attr):
-    """Run bpf(cmd, &attr) and return its result; a failure raises ProbeError with the errno."""
+    """Run bpf(cmd, &attr) and return its result; a failure raises KernelError with the errno."""
     if _NR_BPF is None:
-        raise ProbeError("no bpf(2) syscall number known for %s" % _MACHINE)
+        raise KernelError("no bpf(2) syscall number known for %s" % _MACHINE, errno=errno.ENOSYS)
     ret = _syscall(ctypes.c_long(_NR_BPF), ctypes.c_int(cmd), ctypes.byref(attr),
                    ctypes.c_uint(ctypes.sizeof(attr)))
     if ret < 0:
         err = ctypes.get_errno()
-        raise ProbeError("%s: %s" % (_NAMES.get(cmd, cmd), os.strerror(err)), errno=err)
+        raise KernelError("%s: %s" % (BPF_COMMAND_NAMES.get(cmd, cmd), os.strerror(err)), errno=err)
     return ret
 
 
+_PROG_LOAD_TRIES = 5
+
+
+def prog_load(attr):
+    """BPF_PROG_LOAD, retried on EAGAIN as libbpf and cilium/ebpf do (a signal can interrupt the verifier)."""
+    for attempt in range(_PROG_LOAD_TRIES):
+        try:
+            return bpf(BPF_PROG_LOAD, attr)
+        except KernelError as e:
+            if e.errno != errno.EAGAIN or attempt == _PROG_LOAD_TRIES - 1:
+                raise
+
+
+def map_create(attr):
+    """A new map's fd."""
+    return bpf(BPF_MAP_CREATE, attr)
+
+
 def map_lookup(map_fd, key, value_size):
-    """The value stored under `key` (bytes) in a map, as bytes."""
+    """The value stored under `key` (bytes) in a map, as bytes of value_size."""
     k = ctypes.create_string_buffer(key, len(key))
     v = ctypes.create_string_buffer(value_size)
     bpf(BPF_MAP_LOOKUP_ELEM, MapElemAttr(map_fd=map_fd, key=ctypes.addressof(k), value=ctypes.addressof(v)))
     return v.raw
+
+
+def map_update(map_fd, key, value, flags=0):
+    """Store `value` under `key` (both bytes) in a map."""
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value, len(value))
+    bpf(BPF_MAP_UPDATE_ELEM, MapElemAttr(map_fd=map_fd, key=ctypes.addressof(k), value=ctypes.addressof(v),
+                                         flags=flags))
+
+
+def map_next_key(map_fd, key, key_size):
+    """The key after `key` (None: the first), or None after the last."""
+    nxt = ctypes.create_string_buffer(key_size)
+    k = ctypes.create_string_buffer(key, len(key)) if key is not None else None
+    try:
+        bpf(BPF_MAP_GET_NEXT_KEY, MapElemAttr(map_fd=map_fd, key=ctypes.addressof(k) if k else 0,
+                                              value=ctypes.addressof(nxt)))
+    except KernelError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    return nxt.raw
+
+
+def map_lookup_batch(map_fd, key_size, value_size, count):
+    """[(key, value)] of up to `count` entries, read in one BPF_MAP_LOOKUP_BATCH (5.6+) walk of the map."""
+    out = []
+    keys = ctypes.create_string_buffer(key_size * count)
+    values = ctypes.create_string_buffer(value_size * count)
+    in_batch = ctypes.create_string_buffer(max(key_size, 8))
+    out_batch = ctypes.create_string_buffer(max(key_size, 8))
+    attr = BatchAttr(in_batch=0, out_batch=ctypes.addressof(out_batch), keys=ctypes.addressof(keys),
+                     values=ctypes.addressof(values), map_fd=map_fd)
+    while True:
+        attr.count = count
+        try:
+            bpf(BPF_MAP_LOOKUP_BATCH, attr)
+            done = False
+        except KernelError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            done = True  # the last entries come with ENOENT
+        for i in range(attr.count):
+            out.append((keys.raw[i * key_size:(i + 1) * key_size], values.raw[i * value_size:(i + 1) * value_size]))
+        if done or attr.count == 0:
+            return out
+        ctypes.memmove(in_batch, out_batch, len(out_batch))
+        attr.in_batch = ctypes.addressof(in_batch)
+
+
+def map_freeze(map_fd):
+    """Make a map read-only to user space from now on (programs still read it)."""
+    bpf(BPF_MAP_FREEZE, MapElemAttr(map_fd=map_fd))
 
 
 def prog_test_run(prog_fd, data, repeat=1):
@@ -249,14 +282,14 @@ def detach_xdp_links(ifindex):
     while True:
         try:
             bpf(BPF_LINK_GET_NEXT_ID, attr)
-        except ProbeError as e:
+        except KernelError as e:
             if e.errno == errno.ENOENT:  # no more links
                 return detached
             raise
         attr.id = attr.next_id
         try:
             fd = bpf(BPF_LINK_GET_FD_BY_ID, GetIdAttr(id=attr.id))
-        except ProbeError:
+        except KernelError:
             continue  # gone meanwhile
         try:
             info = link_info(fd)

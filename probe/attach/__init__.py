@@ -1,0 +1,1 @@
+"""Attaching programs to hooks: one module per hook."""

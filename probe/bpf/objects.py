@@ -1,0 +1,162 @@
+"""Loaded objects: the maps and programs an engine put into the kernel, as Map and Program objects."""
+import errno
+
+from probe.bpf import syscall
+from probe.bpf.constants import PERCPU_MAP_TYPES
+from probe.errors import KernelError, ProbeError
+
+_BATCH_SIZE = 256
+# Errors that say "no batched lookup here": before 5.6, or for this map type.
+_NO_BATCH = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524)  # 524: the kernel's ENOTSUPP
+_possible_cpus = None
+
+
+def possible_cpus(path="/sys/devices/system/cpu/possible"):
+    """Number of possible CPUs: how many values a per-CPU map holds per key."""
+    with open(path) as f:
+        text = f.read().strip()
+    count = 0
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
+
+
+def _ncpus():
+    global _possible_cpus
+    if _possible_cpus is None:
+        _possible_cpus = possible_cpus()
+    return _possible_cpus
+
+
+class Map(object):
+    """A map in the kernel, described by the kernel itself; its fd belongs to whoever opened it.
+
+    Values are bytes; a per-CPU map's value is a list of bytes, one per possible CPU.
+    """
+
+    def __init__(self, fd, name=None):
+        info = syscall.map_info(fd)
+        self.fd = fd
+        self.id = info.id
+        self.name = name or info.name.decode("ascii", "replace")
+        self.type = info.type
+        self.key_size = info.key_size
+        self.value_size = info.value_size
+        self.max_entries = info.max_entries
+        self.flags = info.map_flags
+        self.ncpus = _ncpus() if self.type in PERCPU_MAP_TYPES else 0
+        # The kernel hands a per-CPU value over as one slot per CPU, each padded to 8 bytes.
+        self._stride = (self.value_size + 7) & ~7
+        self._batch = True  # until the kernel says it has no batched lookup for this map
+
+    def __repr__(self):
+        return "Map(%r, id=%d, type=%d, key_size=%d, value_size=%d, max_entries=%d)" % (
+            self.name, self.id, self.type, self.key_size, self.value_size, self.max_entries)
+
+    @property
+    def _raw_size(self):
+        return self._stride * self.ncpus if self.ncpus else self.value_size
+
+    def _value(self, raw):
+        if not self.ncpus:
+            return raw
+        return [raw[cpu * self._stride:cpu * self._stride + self.value_size] for cpu in range(self.ncpus)]
+
+    def _key(self, key):
+        if len(key) != self.key_size:
+            raise ProbeError("map %s: key of %d bytes, expected %d" % (self.name, len(key), self.key_size))
+        return key
+
+    def lookup(self, key):
+        """The value under `key`; KernelError (ENOENT) where there is none."""
+        return self._value(syscall.map_lookup(self.fd, self._key(key), self._raw_size))
+
+    def update(self, key, value):
+        """Store bytes under `key` (a per-CPU map takes a list of one value per CPU)."""
+        if self.ncpus:
+            value = b"".join(v.ljust(self._stride, b"\0") for v in value)
+        syscall.map_update(self.fd, self._key(key), value)
+
+    def keys(self):
+        """Every key, walked with BPF_MAP_GET_NEXT_KEY."""
+        key = syscall.map_next_key(self.fd, None, self.key_size)
+        while key is not None:
+            yield key
+            key = syscall.map_next_key(self.fd, key, self.key_size)
+
+    def items(self):
+        """[(key, value)] of every entry: one batched lookup per 256 entries where the kernel has it (5.6+),
+        else a lookup per key."""
+        if self._batch:
+            try:
+                raw = syscall.map_lookup_batch(self.fd, self.key_size, self._raw_size,
+                                               min(_BATCH_SIZE, self.max_entries or 1))
+                return [(k, self._value(v)) for k, v in raw]
+            except KernelError as e:
+                if e.errno not in _NO_BATCH:
+                    raise
+                self._batch = False
+        out = []
+        for key in self.keys():
+            try:
+                out.append((key, self.lookup(key)))
+            except KernelError as e:
+                if e.errno != errno.ENOENT:  # deleted between the two calls
+                    raise
+        return out
+
+
+class Program(object):
+    """A program in the kernel; its fd belongs to whoever opened it."""
+
+    def __init__(self, fd, name):
+        self.fd = fd
+        self.name = name
+
+    def __repr__(self):
+        return "Program(%r, fd=%d)" % (self.name, self.fd)
+
+    def info(self):
+        """The kernel's struct bpf_prog_info of the program (id, tag, type...)."""
+        return syscall.prog_info(self.fd)
+
+    @property
+    def id(self):
+        return self.info().id
+
+    def test_run(self, frame, repeat=1):
+        """BPF_PROG_TEST_RUN: (return value, mean ns) of the program run on one frame."""
+        return syscall.prog_test_run(self.fd, frame, repeat)
+
+
+class LoadedObject(object):
+    """Programs and maps of one object, loaded into the kernel; closing releases them."""
+
+    def __init__(self, programs, maps):
+        self.programs = {name: Program(fd, name) for name, fd in programs.items()}
+        self.maps = {name: Map(fd, name) for name, fd in maps.items()}
+
+    def program(self, name):
+        """A loaded program, by name."""
+        try:
+            return self.programs[name]
+        except KeyError:
+            raise ProbeError("the object has no program %r (it has: %s)" % (name, ", ".join(sorted(self.programs))))
+
+    def map(self, name):
+        """A map, by name."""
+        try:
+            return self.maps[name]
+        except KeyError:
+            raise ProbeError("the object has no map %r (it has: %s)" % (name, ", ".join(sorted(self.maps))))
+
+    def close(self):
+        """Release the programs and maps (attached links keep their program alive)."""
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

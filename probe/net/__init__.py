@@ -1,0 +1,1 @@
+"""rtnetlink: the message codec, link requests (XDP), and interfaces by name."""
