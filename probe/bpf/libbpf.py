@@ -113,11 +113,10 @@ class LibbpfObject(LoadedObject):
         self._buffer = buffer  # libbpf may read it until the object is closed
         LoadedObject.__init__(self, engine.programs(obj), engine.maps(obj))
 
-    def close(self):
+    def _release(self):
         if self._obj:
             self._engine.lib.bpf_object__close(self._obj)
             self._obj = None
-            self.programs, self.maps = {}, {}
 
 
 class LibbpfEngine(Engine):

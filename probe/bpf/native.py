@@ -21,16 +21,16 @@ _MAX_LOG_SIZE = 1 << 24
 class NativeObject(LoadedObject):
     """Maps and programs created with bpf(2); closing closes their fds."""
 
-    def __init__(self, programs, maps, btf_fd):
-        LoadedObject.__init__(self, programs, maps)
+    def __init__(self, programs, maps, btf_fd, pins=()):
+        LoadedObject.__init__(self, programs, maps, pins)
         self._btf_fd = btf_fd
 
-    def close(self):
+    def _release(self):
         for item in list(self.programs.values()) + list(self.maps.values()):
             os.close(item.fd)
         if self._btf_fd is not None:
             os.close(self._btf_fd)
-        self.programs, self.maps, self._btf_fd = {}, {}, None
+        self._btf_fd = None
 
 
 def _name(name):

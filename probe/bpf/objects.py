@@ -1,5 +1,6 @@
 """Loaded objects: the maps and programs an engine put into the kernel, as Map and Program objects."""
 import errno
+import os
 
 from probe.bpf import syscall
 from probe.bpf.constants import PERCPU_MAP_TYPES
@@ -131,11 +132,14 @@ class Program(object):
 
 
 class LoadedObject(object):
-    """Programs and maps of one object, loaded into the kernel; closing releases them."""
+    """Programs and maps of one object, loaded into the kernel; closing releases them, and unpins the maps
+    this load pinned (declared with pinning by name) unless keep_pins is set."""
 
-    def __init__(self, programs, maps):
+    def __init__(self, programs, maps, pins=()):
         self.programs = {name: Program(fd, name) for name, fd in programs.items()}
         self.maps = {name: Map(fd, name) for name, fd in maps.items()}
+        self.pins = list(pins)  # paths of the pins this load made; pins it reused are not its own
+        self.keep_pins = False
 
     def program(self, name):
         """A loaded program, by name."""
@@ -152,7 +156,18 @@ class LoadedObject(object):
             raise ProbeError("the object has no map %r (it has: %s)" % (name, ", ".join(sorted(self.maps))))
 
     def close(self):
-        """Release the programs and maps (attached links keep their program alive)."""
+        """Release the programs and maps (attached links keep their program alive) and the pins made."""
+        self._release()
+        pins, self.pins = self.pins, []
+        self.programs, self.maps = {}, {}
+        for path in pins if not self.keep_pins else ():
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def _release(self):
+        """Close what the engine opened."""
         raise NotImplementedError
 
     def __enter__(self):
