@@ -14,6 +14,15 @@ EMPTY_OBJECT = os.path.join(ROOT, "build", "empty.bpf.o")
 IN_CI = os.environ.get("CI") == "true"
 
 
+BPF_SOURCES = os.path.join(ROOT, "tests", "bpf")
+
+
+def bpf_source(name):
+    """The text of a BPF C source under tests/bpf/."""
+    with open(os.path.join(BPF_SOURCES, name)) as f:
+        return f.read()
+
+
 def compile_bpf(folder, source, target="bpf"):
     """Compile BPF C source (bpf/ on the include path) as `make build-ebpf` does; returns the object's path."""
     clang = shutil.which("clang")

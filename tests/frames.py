@@ -18,18 +18,22 @@ def ether(ethertype, payload=b"", tags=(), dst="02:00:00:00:00:02", src="02:00:0
     return frame + struct.pack("!H", ethertype) + payload
 
 
+# Test addresses come from the benchmarking ranges: 198.18.0.0/15 and 2001:2::/48 (RFC 2544, RFC 5180).
+BENCH6 = bytes.fromhex("20010002")
+
+
 def ipv4(proto, payload=b"", ihl=5):
     """An IPv4 header of `ihl` 32-bit words (options are NOPs; ihl < 5 still writes 20 bytes), then payload."""
     options = b"\x01" * max(0, ihl * 4 - 20)
     header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 20 + len(options) + len(payload), 1, 0, 64, proto, 0,
-                         bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+                         bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2]))
     return header + options + payload
 
 
 def ipv6(nexthdr, payload=b""):
     """A 40-byte IPv6 header announcing `nexthdr`, then payload."""
     return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nexthdr, 64,
-                       bytes.fromhex("fd00" + "00" * 13 + "01"), bytes.fromhex("fd00" + "00" * 13 + "02")) + payload
+                       BENCH6 + b"\0" * 11 + b"\x01", BENCH6 + b"\0" * 11 + b"\x02") + payload
 
 
 def ext_header(kind, nexthdr, hdrlen=0):
@@ -62,5 +66,5 @@ def icmp(kind=8):
 
 def arp():
     """A 28-byte ARP request for IPv4 over Ethernet."""
-    return struct.pack("!HHBBH6s4s6s4s", 1, ETH_IP, 6, 4, 1, bytes.fromhex("020000000001"), bytes([10, 0, 0, 1]),
-                       bytes(6), bytes([10, 0, 0, 2]))
+    return struct.pack("!HHBBH6s4s6s4s", 1, ETH_IP, 6, 4, 1, bytes.fromhex("020000000001"), bytes([198, 18, 0, 1]),
+                       bytes(6), bytes([198, 18, 0, 2]))

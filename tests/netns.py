@@ -88,10 +88,10 @@ def sh(*cmd, **kwargs):
 
 
 class VethPair(object):
-    """Namespaces `probe_ns` (interface `probe_if`, 10.77.0.1) and `peer_ns` (`peer_if`, 10.77.0.2)."""
+    """Namespaces `probe_ns` (interface `probe_if`, 198.18.0.1) and `peer_ns` (`peer_if`, 198.18.0.2)."""
 
     probe_if, peer_if = "knp0", "knp1"
-    probe_ip, peer_ip = "10.77.0.1", "10.77.0.2"
+    probe_ip, peer_ip = "198.18.0.1", "198.18.0.2"
 
     def __init__(self):
         tag = "knp%d-%d" % (os.getpid(), next(_serial))
