@@ -11,7 +11,10 @@ modules of a usual start (the command and the libbpf engine) compiled by the bui
 hash-checked .pyc beside their .py, which shiv leaves out. That Python's version starts faster; every
 other version, and the native loader's modules (used where libbpf is missing), read the sources. The
 bytecode leaves out docstrings and column positions (-OO, -X no_debug_ranges): a third of its size.
+The sources are packed as the bytecode sees them, without docstrings and comments (ast.unparse, so the
+build needs Python 3.9+): a quarter less archive, and tracebacks still show the lines that ran.
 """
+import ast
 import argparse
 import datetime
 import hashlib
@@ -57,12 +60,25 @@ def stage_package(site_packages):
     expected = checksum.read_text().split()[0]
     if hashlib.sha256(OBJECT.read_bytes()).hexdigest() != expected:
         sys.exit("build_zipapp: %s does not match its .sha256; run `make build-ebpf`" % OBJECT.relative_to(ROOT))
-    files = sorted(PACKAGE.rglob("*.py")) + [OBJECT, checksum]
-    for source in files:
+    for source in sorted(PACKAGE.rglob("*.py")) + [OBJECT, checksum]:
         target = site_packages / source.relative_to(ROOT)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(str(source), str(target))
+        if source.suffix == ".py":
+            target.write_text(packed_source(source.read_text()))
+        else:
+            shutil.copyfile(str(source), str(target))
         os.chmod(str(target), 0o644)
+
+
+def packed_source(text):
+    """A module's source as -OO compiles it: docstrings and comments left out."""
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree) + "\n"
 
 
 def build(output):
