@@ -1,8 +1,11 @@
-"""Shared test setup: the `integration` marker (root, the kernel, namespaces) and where the builds are."""
+"""Shared test setup: the `integration` marker (root, the kernel, namespaces), where the builds are, the BPF
+sources under tests/bpf/, and the fixtures several modules use: a veth pair, the libbpf engine, a bpffs."""
 import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ PYZ = os.path.join(ROOT, "dist", "kubenetprobe.pyz")
 OBJECT = os.path.join(ROOT, "probe", "_bytecode", "kubenetprobe.bpf.o")
 EMPTY_OBJECT = os.path.join(ROOT, "build", "empty.bpf.o")
 IN_CI = os.environ.get("CI") == "true"
+OBJECT_ENTRY = "site-packages/probe/_bytecode/kubenetprobe.bpf.o"  # inside the pyz
 
 
 BPF_SOURCES = os.path.join(ROOT, "tests", "bpf")
@@ -38,6 +42,28 @@ def compile_bpf(folder, source, target="bpf"):
     return name.with_suffix(".o")
 
 
+def tool(name):
+    """A tool's path: on PATH, or in the sbin folders a non-root PATH often lacks; skips the test without it."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+    if path is None:
+        pytest.skip("%s is not installed (make deps)" % name)
+    return path
+
+
+def pyz_with_object(folder, data, checksum=None):
+    """A copy of the pyz in `folder` whose embedded object is `data` (with a matching SHA-256 unless given)."""
+    path = str(folder / "modified.pyz")
+    with zipfile.ZipFile(PYZ) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            content = src.read(item)
+            if item.filename == OBJECT_ENTRY:
+                content = data
+            elif item.filename == OBJECT_ENTRY + ".sha256":
+                content = ("%s  kubenetprobe.bpf.o\n" % (checksum or hashlib.sha256(data).hexdigest())).encode()
+            dst.writestr(item, content)
+    return path
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: needs root and the kernel (BPF, XDP, network namespaces)")
 
@@ -56,3 +82,38 @@ def pytest_runtest_makereport(item, call):
     if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = "skipped under CI=true, which must run every test: %s" % (report.longrepr,)
+
+
+@pytest.fixture
+def built_pyz():
+    """Fails first, saying how, when there is no pyz to test."""
+    assert os.path.exists(PYZ), "build it first: make build"
+
+
+# The fixtures import what they use when they run: netns imports this module, and a probe module that
+# fails to import then fails only the tests that use it.
+
+@pytest.fixture
+def pair():
+    """A silent veth pair between two network namespaces of the test's own (netns.VethPair)."""
+    from netns import VethPair
+    with VethPair() as p:
+        yield p
+
+
+@pytest.fixture
+def bpffs():
+    """A bpffs of the test's own, outside /sys (which `ip netns exec` mounts over)."""
+    from netns import sh
+    path = tempfile.mkdtemp(prefix="knp-bpffs-")
+    sh("mount", "-t", "bpf", "bpf", path)
+    yield path
+    sh("umount", path)
+    os.rmdir(path)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The libbpf engine, opened once for a module's tests."""
+    from probe.bpf.libbpf import LibbpfEngine
+    return LibbpfEngine()

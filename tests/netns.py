@@ -197,6 +197,18 @@ class VethPair(object):
             server.wait()
 
 
+def raw_frames(pair):
+    """Frames of the classes ping and sockets do not make: (frame, l3, l4 or None)."""
+    return [
+        (pair.frame(frames.ETH_ARP, frames.arp()), "arp", None),
+        (pair.frame(frames.ETH_IPV6, frames.ipv6(frames.UDP, frames.udp())), "ipv6", "udp"),
+        (pair.frame(frames.ETH_LLDP, bytes(30)), "other", None),
+        (pair.frame(frames.ETH_IP, frames.ipv4(frames.ICMP, frames.icmp()), tags=(frames.VLAN_Q,)), "ipv4", "icmp"),
+        # IPv4 header cut short
+        (pair.frame(frames.ETH_IP, frames.ipv4(frames.ICMP, frames.icmp())[:12]), "ipv4", "other"),
+    ]
+
+
 def without_libbpf():
     """A command prefix that runs its command with the system's libbpf hidden (a private mount namespace)."""
     libs = [line.split(" => ")[1] for line in sh("ldconfig", "-p").stdout.splitlines()

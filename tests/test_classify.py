@@ -1,22 +1,20 @@
-"""How the XDP program classifies and counts frames (BPF_PROG_TEST_RUN), and the counters' layout (BTF)."""
+"""How the XDP program classifies and counts frames: every frame class run through BPF_PROG_TEST_RUN on a
+freshly loaded object, its counters read back exactly."""
 import errno
-import json
 import random
-import shutil
 import struct
-import subprocess
 
 import pytest
 
-from conftest import OBJECT
 from frames import (AH, DSTOPTS, ETH_ARP, ETH_IP, ETH_IPV6, ETH_LLDP, FRAGMENT, GRE, HOPOPTS, ICMP, ICMPV6,
                     IPIP, NONXT, ROUTING, TCP, UDP, VLAN_AD, VLAN_Q, arp, ether, icmp, ipv4, ipv6, ipv6_chain,
                     tcp, udp)
 from probe import layout
-from probe.bpf import constants, objects
 from probe.bytecode import embedded_object
 from probe.errors import ProbeError
 from probe.monitor import check_stats_map, read_counters
+
+pytestmark = pytest.mark.integration
 
 XDP_PASS = 2
 
@@ -145,18 +143,10 @@ def run(obj, frame, repeat=1):
     assert retval == XDP_PASS
 
 
-@pytest.fixture(scope="module")
-def engine():
-    """The libbpf engine and the embedded object's bytes, shared by the module."""
-    from probe.bpf.libbpf import LibbpfEngine
-    return LibbpfEngine(), embedded_object()
-
-
 @pytest.fixture
 def obj(engine):
     """A freshly loaded object, so every counter starts at zero."""
-    eng, data = engine
-    loaded = eng.load_bytes(data)
+    loaded = engine.load_bytes(embedded_object())
     try:
         check_stats_map(loaded)  # before any read: the counters must be in the layout this test decodes
         yield loaded
@@ -166,7 +156,6 @@ def obj(engine):
 
 # ------------------------------------------------------------------------------------ classification (root)
 
-@pytest.mark.integration
 @pytest.mark.parametrize("frame, l3, l4", [pytest.param(f, l3, l4, id=name) for name, f, l3, l4 in CASES])
 def test_frame_lands_in_exactly_its_classes(obj, frame, l3, l4):
     """One frame adds 1 packet and its full length to its l3 class (and l4 class if IP), nothing elsewhere."""
@@ -174,13 +163,11 @@ def test_frame_lands_in_exactly_its_classes(obj, frame, l3, l4):
     assert_counters(obj, [(frame, l3, l4, 1)])
 
 
-@pytest.mark.integration
 def test_fresh_object_counts_nothing(obj):
     """A freshly loaded object reads all zero before any frame."""
     assert_counters(obj, [])
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("length", [0, 1, 13])
 def test_frame_shorter_than_ethernet_header(obj, length):
     """Under 14 bytes: the kernel refuses the run (EINVAL, nothing counted) or the program counts it as l3 other."""
@@ -195,7 +182,6 @@ def test_frame_shorter_than_ethernet_header(obj, length):
         assert_counters(obj, [(frame, "other", None, 1)])
 
 
-@pytest.mark.integration
 def test_counts_accumulate_over_a_mix_of_frames(obj):
     """Every case fed 1-3 times in shuffled order: every counter is the exact sum."""
     runs = [(frame, l3, l4, 1 + i % 3) for i, (_, frame, l3, l4) in enumerate(CASES)]
@@ -206,7 +192,6 @@ def test_counts_accumulate_over_a_mix_of_frames(obj):
     assert_counters(obj, runs)
 
 
-@pytest.mark.integration
 def test_repeat_counts_every_run(obj):
     """test_run with repeat=1000 runs the program 1000 times: 1000 packets, 1000 * len bytes."""
     frame = ether(ETH_IPV6, ipv6(UDP, udp(DNS)))
@@ -214,116 +199,10 @@ def test_repeat_counts_every_run(obj):
     assert_counters(obj, [(frame, "ipv6", "udp", 1000)])
 
 
-@pytest.mark.integration
 def test_separate_objects_count_separately(engine, obj):
     """Each loaded object has its own stats map: frames run on one never show on another."""
-    eng, data = engine
-    with eng.load_bytes(data) as other:
+    with engine.load_bytes(embedded_object()) as other:
         frame = ether(ETH_IP, ipv4(TCP, tcp()))
         run(other, frame, repeat=3)
         assert_counters(other, [(frame, "ipv4", "tcp", 3)])
     assert_counters(obj, [])
-
-
-# ------------------------------------------------------------------------------------------ BTF layout (no root)
-
-def find_bpftool():
-    """bpftool's path: on PATH, or in the sbin folders a non-root PATH often lacks."""
-    return shutil.which("bpftool") or shutil.which("bpftool", path="/usr/local/sbin:/usr/sbin:/sbin")
-
-
-@pytest.fixture(scope="module")
-def btf():
-    """The object's BTF types by id, as bpftool dumps them (raw format, JSON)."""
-    bpftool = find_bpftool()
-    if not bpftool:
-        pytest.skip("bpftool is not installed (apt-get install bpftool)")
-    out = subprocess.run([bpftool, "-j", "btf", "dump", "file", OBJECT, "format", "raw"],
-                         check=True, capture_output=True, text=True).stdout
-    return {t["id"]: t for t in json.loads(out)["types"]}
-
-
-def named(btf, kind, name):
-    """The one BTF type of this kind and name."""
-    found = [t for t in btf.values() if t["kind"] == kind and t["name"] == name]
-    assert len(found) == 1, "%d BTF %s types named %s" % (len(found), kind, name)
-    return found[0]
-
-
-def resolve(btf, type_id):
-    """The type behind a type id, through typedefs and qualifiers."""
-    t = btf[type_id]
-    while t["kind"] in ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT"):
-        t = btf[t["type_id"]]
-    return t
-
-
-def members(btf, struct_type):
-    """{member name: (byte offset, resolved type)} of a BTF struct."""
-    return {m["name"]: (m["bits_offset"] // 8, resolve(btf, m["type_id"])) for m in struct_type["members"]}
-
-
-def test_btf_knp_counter_is_two_u64_packets_then_bytes(btf):
-    """struct knp_counter is 16 bytes: __u64 packets at 0, __u64 bytes at 8 (a "QQ" pair in layout.STATS)."""
-    counter = named(btf, "STRUCT", "knp_counter")
-    assert counter["size"] == struct.calcsize("=QQ")
-    fields = members(btf, counter)
-    assert sorted(fields) == ["bytes", "packets"]
-    assert (fields["packets"][0], fields["bytes"][0]) == (0, 8)
-    for _, t in fields.values():
-        assert (t["kind"], t["size"], t["encoding"]) == ("INT", 8, "(none)")  # unsigned 64-bit
-
-
-def test_btf_knp_stats_matches_layout(btf):
-    """struct knp_stats is l3[len(L3)] then l4[len(L4)] knp_counters, layout.STATS.size bytes in all."""
-    stats = named(btf, "STRUCT", "knp_stats")
-    counter = named(btf, "STRUCT", "knp_counter")
-    assert stats["size"] == layout.STATS.size
-    fields = members(btf, stats)
-    assert sorted(fields) == ["l3", "l4"]
-    for name, offset, length in [("l3", 0, len(layout.L3)), ("l4", len(layout.L3) * counter["size"], len(layout.L4))]:
-        at, array = fields[name]
-        assert at == offset, name
-        assert array["kind"] == "ARRAY" and array["nr_elems"] == length, name
-        assert resolve(btf, array["type_id"]) is counter, name
-
-
-def test_btf_stats_map_matches_layout(btf):
-    """Map knp_stats: per-CPU array (what decode_stats sums), one __u32 key per direction, knp_stats values."""
-    fields = members(btf, resolve(btf, named(btf, "VAR", layout.STATS_MAP)["type_id"]))
-
-    def pointee(name):  # __uint(name, N) is int (*name)[N]; __type(name, T) is T *name
-        return resolve(btf, fields[name][1]["type_id"])
-
-    assert pointee("type")["nr_elems"] == constants.BPF_MAP_TYPE_PERCPU_ARRAY
-    assert pointee("max_entries")["nr_elems"] == len(layout.DIRECTIONS)
-    assert pointee("key")["size"] == layout.KEY.size
-    assert pointee("value") is named(btf, "STRUCT", "knp_stats")
-
-
-# ------------------------------------------------------------------------------------------------ layout (no root)
-
-def test_decode_stats_sums_every_cpu():
-    """decode_stats adds each CPU's (packets, bytes) pairs, l3 then l4, and totals the l3 classes."""
-    # Field i of CPU c holds (i + 1) * 10**c: over three CPUs each field sums to (i + 1) * 111.
-    stats = layout.decode_stats([struct.pack("=18Q", *[(i + 1) * 10 ** cpu for i in range(18)]) for cpu in range(3)])
-    assert stats["l3"] == {"ipv4": {"packets": 111, "bytes": 222}, "ipv6": {"packets": 333, "bytes": 444},
-                           "arp": {"packets": 555, "bytes": 666}, "other": {"packets": 777, "bytes": 888}}
-    assert stats["l4"] == {"tcp": {"packets": 999, "bytes": 1110}, "udp": {"packets": 1221, "bytes": 1332},
-                           "icmp": {"packets": 1443, "bytes": 1554}, "icmpv6": {"packets": 1665, "bytes": 1776},
-                           "other": {"packets": 1887, "bytes": 1998}}
-    assert (stats["packets"], stats["bytes"]) == (111 + 333 + 555 + 777, 222 + 444 + 666 + 888)
-
-
-def test_decode_stats_refuses_a_short_value():
-    """A CPU's value shorter than one knp_stats is an error, not a silent partial sum."""
-    with pytest.raises(ValueError):
-        layout.decode_stats([bytes(layout.STATS.size), bytes(layout.STATS.size - 1)])
-
-
-@pytest.mark.parametrize("text, count", [("0-3\n", 4), ("0,2-3\n", 3), ("0\n", 1), ("0-1,4-7\n", 6)])
-def test_possible_cpus_parses_cpu_lists(tmp_path, text, count):
-    """possible_cpus counts the CPUs of a sysfs CPU list: ranges and single CPUs, comma-separated."""
-    path = tmp_path / "possible"
-    path.write_text(text)
-    assert objects.possible_cpus(str(path)) == count

@@ -7,12 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import rootfs
-from conftest import PYZ, compile_bpf
-from netns import VethPair, settle
-from rootfs import Distro
-from test_errors import UNCHECKED_READ, pyz_with_object
+from conftest import bpf_source, compile_bpf, pyz_with_object
 from frames import ETH_IP, ETH_IPV6, ICMPV6, TCP, icmp, ipv4, ipv6, tcp
-from test_integration import raw_frames
+from netns import raw_frames, settle
+from rootfs import Distro
 
 pytestmark = pytest.mark.integration
 
@@ -49,9 +47,8 @@ def roots(request):
 
 
 @pytest.fixture
-def root(roots, distro):
+def root(built_pyz, roots, distro):
     """The distro's root filesystem; after the test, nothing may be left mounted in it on the host."""
-    assert os.path.exists(PYZ), "build it first: make build"
     yield roots[distro.suite]
     assert rootfs.mounts_under(roots[distro.suite]) == [], "a run left mounts on the host"
 
@@ -74,20 +71,19 @@ def expected_counts(mix, level, classes):
 
 
 @pytest.mark.parametrize("distro", ALL, ids=ids)
-def test_counts_exactly(distro, root):
+def test_counts_exactly(distro, root, pair):
     """Chrooted in the release, the pyz loads with its libbpf (or natively, without one), counts a known
     mix of frames exactly, and detaches."""
-    with VethPair() as pair:
-        with rootfs.ChrootProbeRun(pair, root, "-i", pair.probe_if, "--interval", "60") as probe:
-            probe.wait_attached(timeout=20)
-            mapped = probe.mapped_libbpf()
-            mix = frame_mix(pair)
-            # Interleaved, so no class arrives as one burst.
-            pair.send_frames([f for rnd in range(max(t for *_, t in mix)) for f, _, _, t in mix if rnd < t])
-            settle()
-            final = probe.stop()
-        assert probe.returncode == 0, probe.stderr
-        assert pair.xdp_program() is None, "the probe left its program attached"
+    with rootfs.ChrootProbeRun(pair, root, "-i", pair.probe_if, "--interval", "60") as probe:
+        probe.wait_attached(timeout=20)
+        mapped = probe.mapped_libbpf()
+        mix = frame_mix(pair)
+        # Interleaved, so no class arrives as one burst.
+        pair.send_frames([f for rnd in range(max(t for *_, t in mix)) for f, _, _, t in mix if rnd < t])
+        settle()
+        final = probe.stop()
+    assert probe.returncode == 0, probe.stderr
+    assert pair.xdp_program() is None, "the probe left its program attached"
     if distro.libbpf:
         assert mapped and all(name.startswith(distro.libbpf) for name in mapped), mapped
     else:
@@ -111,11 +107,10 @@ def test_release_has_its_python_and_only_its_libbpf(distro, root):
 
 
 @pytest.mark.parametrize("distro", WITH_LIBBPF, ids=ids)
-def test_verbose_shows_libbpfs_messages(distro, root):
+def test_verbose_shows_libbpfs_messages(distro, root, pair):
     """-v passes libbpf's own log through: proof that the release's libbpf did the loading."""
-    with VethPair() as pair:
-        result = rootfs.run_pyz(pair, root, "-v", "-i", pair.probe_if, "--count", "1", "--interval", "0", "--json")
-        assert pair.xdp_program() is None
+    result = rootfs.run_pyz(pair, root, "-v", "-i", pair.probe_if, "--count", "1", "--interval", "0", "--json")
+    assert pair.xdp_program() is None
     assert result.returncode == 0, result.stderr
     assert re.search(r"^kubenetprobe: libbpf: .*loading object", result.stderr, re.M), result.stderr
     assert '"final": true' in result.stdout
@@ -124,7 +119,7 @@ def test_verbose_shows_libbpfs_messages(distro, root):
 @pytest.fixture(scope="module")
 def refused_objects(tmp_path_factory):
     """Copies of the pyz whose embedded object libbpf cannot open, or the verifier refuses: name -> pyz."""
-    obj = compile_bpf(tmp_path_factory.mktemp("src"), UNCHECKED_READ)
+    obj = compile_bpf(tmp_path_factory.mktemp("src"), bpf_source("unchecked_read.bpf.c"))
     return {"not-elf": pyz_with_object(tmp_path_factory.mktemp("not-elf"), b"not an ELF file at all"),
             "verifier": pyz_with_object(tmp_path_factory.mktemp("verifier"), obj.read_bytes())}
 
@@ -141,12 +136,11 @@ REFUSALS = {
 
 @pytest.mark.parametrize("distro", ALL, ids=ids)
 @pytest.mark.parametrize("case", ["not-elf", "verifier"])
-def test_refusals_are_one_line(distro, root, refused_objects, case):
+def test_refusals_are_one_line(distro, root, refused_objects, case, pair):
     """Refusals, as each release's libbpf (or the native loader) words them, make the one line that says why."""
     start = REFUSALS[case, "libbpf" if distro.libbpf else "native"]
-    with VethPair() as pair:
-        result = rootfs.run_pyz(pair, root, "-i", pair.probe_if, "--count", "1", pyz=refused_objects[case])
-        assert pair.xdp_program() is None
+    result = rootfs.run_pyz(pair, root, "-i", pair.probe_if, "--count", "1", pyz=refused_objects[case])
+    assert pair.xdp_program() is None
     assert result.returncode == 1
     assert result.stderr.startswith("kubenetprobe: error: " + start), result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr

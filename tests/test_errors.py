@@ -1,4 +1,9 @@
-"""Every failure of the command: one line on stderr saying what to do, exit 1, a traceback only under -v."""
+"""Every failure of the command: one line on stderr saying what to do, exit 1, a traceback only under -v.
+
+In process (cli.main given failing runs), then the built pyz run as a user runs it (root, namespaces), and the
+native loader fetching a verifier's log longer than its buffer.
+"""
+import errno
 import hashlib
 import os
 import shutil
@@ -10,44 +15,49 @@ import zipfile
 
 import pytest
 
-from conftest import PYZ, compile_bpf
-from netns import VethPair, without_libbpf
+from conftest import OBJECT_ENTRY, PYZ, bpf_source, compile_bpf, pyz_with_object
+from netns import without_libbpf
+from probe import cli
 from probe.errors import ProbeError
 
-pytestmark = pytest.mark.integration
 
-OBJECT_ENTRY = "site-packages/probe/_bytecode/kubenetprobe.bpf.o"
+# In process: cli.main, whatever run() raises
 
-# Reads a packet byte without checking it against data_end: the verifier must refuse it.
-UNCHECKED_READ = r"""
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 2); __type(key, __u32);
-         __type(value, __u64); } knp_stats SEC(".maps");
-SEC("xdp")
-int kubenetprobe_rx(struct xdp_md *ctx)
-{
-	unsigned char *data = (void *)(long)ctx->data;
-	return data[100] == 1 ? XDP_DROP : XDP_PASS;
-}
-char LICENSE[] SEC("license") = "GPL";
-"""
+def failing_run(error):
+    def run(args):
+        raise error
+    return run
 
 
-# Verifies fine, but its stats map holds one __u64 instead of struct knp_stats.
-OTHER_LAYOUT = r"""
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 2); __type(key, __u32);
-         __type(value, __u64); } knp_stats SEC(".maps");
-SEC("xdp")
-int kubenetprobe_rx(struct xdp_md *ctx)
-{
-	return XDP_PASS;
-}
-char LICENSE[] SEC("license") = "GPL";
-"""
+def test_probe_error_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "run", failing_run(ProbeError("eth9 is gone", hint="plug it in", log="a\nlog\n")))
+    assert cli.main([]) == 1
+    err = capsys.readouterr().err
+    assert err == "kubenetprobe: error: eth9 is gone; plug it in\n"
 
+
+def test_verbose_error_shows_traceback_and_log(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "run", failing_run(ProbeError("refused", log="the verifier's log\n")))
+    assert cli.main(["-v"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "the verifier's log" in err
+    assert err.splitlines()[-1] == "kubenetprobe: error: refused"
+
+
+def test_unexpected_error_is_still_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "run", failing_run(KeyError("x")))
+    assert cli.main([]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("kubenetprobe: error: unexpected KeyError")
+
+
+def test_enosys_gets_a_hint(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "run", failing_run(ProbeError("BPF_MAP_CREATE: nope", errno=errno.ENOSYS)))
+    assert cli.main([]) == 1
+    assert "kernel has no bpf(2)" in capsys.readouterr().err
+
+
+# The built pyz
 
 def run_pyz(*args, pyz=PYZ, wrapper=(), ns=None, check_one_line=True, python=sys.executable):
     """Run the pyz; for failures, check the one-line contract."""
@@ -60,37 +70,19 @@ def run_pyz(*args, pyz=PYZ, wrapper=(), ns=None, check_one_line=True, python=sys
     return result
 
 
-def pyz_with_object(tmp_path, data, checksum=None):
-    """A copy of the pyz whose embedded object is `data` (with a matching SHA-256 unless given)."""
-    path = str(tmp_path / "modified.pyz")
-    with zipfile.ZipFile(PYZ) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
-        for item in src.infolist():
-            content = src.read(item)
-            if item.filename == OBJECT_ENTRY:
-                content = data
-            elif item.filename == OBJECT_ENTRY + ".sha256":
-                content = ("%s  kubenetprobe.bpf.o\n" % (checksum or hashlib.sha256(data).hexdigest())).encode()
-            dst.writestr(item, content)
-    return path
-
-
 def embedded_object():
     with zipfile.ZipFile(PYZ) as z:
         return z.read(OBJECT_ENTRY)
 
 
-@pytest.fixture
-def pair():
-    with VethPair() as p:
-        yield p
-
-
+@pytest.mark.integration
 def test_no_such_interface():
     result = run_pyz("-i", "nosuchif0", "--count", "1")
     assert result.returncode == 1
     assert result.stderr == "kubenetprobe: error: no such interface: nosuchif0; list interfaces with `ip link show`\n"
 
 
+@pytest.mark.integration
 def test_bad_option_exits_2_with_usage():
     result = run_pyz("--count", "zero", check_one_line=False)
     assert result.returncode == 2
@@ -110,6 +102,7 @@ def public_pyz():
     shutil.rmtree(folder)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("loader", ["libbpf", "native"])
 def test_not_root(public_pyz, pair, loader):
     """Without privileges: the one line says to run as root."""
@@ -123,6 +116,7 @@ def test_not_root(public_pyz, pair, loader):
     assert pair.xdp_program() is None
 
 
+@pytest.mark.integration
 def test_no_libbpf_when_asked_for(pair):
     """--loader libbpf where there is none: the one line says what to install."""
     result = run_pyz("-i", pair.probe_if, "--count", "1", "--loader", "libbpf", ns=pair.probe_ns,
@@ -132,6 +126,7 @@ def test_no_libbpf_when_asked_for(pair):
     assert "install it (apt-get install libbpf1" in result.stderr
 
 
+@pytest.mark.integration
 def test_kernel_without_bpf(tmp_path, pair):
     """bpf(2) answering ENOSYS, as on a kernel built without it (a seccomp filter plays that kernel)."""
     wrapper = tmp_path / "nobpf.py"
@@ -153,6 +148,7 @@ def test_kernel_without_bpf(tmp_path, pair):
     assert "kernel has no bpf(2)" in result.stderr and "4.18" in result.stderr
 
 
+@pytest.mark.integration
 def test_damaged_embedded_object(tmp_path, pair):
     data = bytearray(embedded_object())
     data[len(data) // 2] ^= 0xFF
@@ -163,6 +159,7 @@ def test_damaged_embedded_object(tmp_path, pair):
     assert pair.xdp_program() is None
 
 
+@pytest.mark.integration
 def test_object_that_is_not_elf(tmp_path, pair):
     pyz = pyz_with_object(tmp_path, b"not an ELF file at all")
     result = run_pyz("-i", pair.probe_if, "--count", "1", pyz=pyz, ns=pair.probe_ns)
@@ -170,10 +167,11 @@ def test_object_that_is_not_elf(tmp_path, pair):
     assert result.stderr.startswith("kubenetprobe: error: libbpf cannot open the object")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("loader", ["libbpf", "native"])
 def test_verifier_rejection(tmp_path, pair, loader):
     """One line with the verifier's reason; -v adds the traceback and the verifier's whole log."""
-    pyz = pyz_with_object(tmp_path, compile_bpf(tmp_path, UNCHECKED_READ).read_bytes())
+    pyz = pyz_with_object(tmp_path, compile_bpf(tmp_path, bpf_source("unchecked_read.bpf.c")).read_bytes())
     result = run_pyz("-i", pair.probe_if, "--count", "1", "--loader", loader, pyz=pyz, ns=pair.probe_ns)
     assert result.returncode == 1
     assert result.stderr.startswith("kubenetprobe: error: the verifier rejected the program: "), result.stderr
@@ -189,9 +187,10 @@ def test_verifier_rejection(tmp_path, pair, loader):
     assert pair.xdp_program() is None
 
 
+@pytest.mark.integration
 def test_object_with_another_map_layout(tmp_path, pair):
     """Refused before anything is attached or read, naming what differs."""
-    pyz = pyz_with_object(tmp_path, compile_bpf(tmp_path, OTHER_LAYOUT).read_bytes())
+    pyz = pyz_with_object(tmp_path, compile_bpf(tmp_path, bpf_source("other_layout.bpf.c")).read_bytes())
     result = run_pyz("-i", pair.probe_if, "--count", "1", pyz=pyz, ns=pair.probe_ns)
     assert result.returncode == 1
     assert result.stderr == ("kubenetprobe: error: the object's map knp_stats has another layout: value_size 8, "
@@ -199,11 +198,14 @@ def test_object_with_another_map_layout(tmp_path, pair):
     assert pair.xdp_program() is None
 
 
+# The native loader in process (it loads, so root)
+
+@pytest.mark.integration
 def test_native_loader_grows_the_log_buffer_for_the_verifier(tmp_path, monkeypatch):
     """A verifier log longer than the buffer (ENOSPC) is fetched again whole, with the reason at its end."""
     from probe.bpf import native
     monkeypatch.setattr(native, "_LOG_SIZE", 64)
     with pytest.raises(ProbeError) as refused:
-        native.NativeEngine().load_bytes(compile_bpf(tmp_path, UNCHECKED_READ).read_bytes())
+        native.NativeEngine().load_bytes(compile_bpf(tmp_path, bpf_source("unchecked_read.bpf.c")).read_bytes())
     assert refused.value.message == "the verifier rejected the program: R1 offset is outside of the packet"
     assert len(refused.value.log) > 64 and "processed" in refused.value.log

@@ -1,6 +1,6 @@
-"""The built kubenetprobe.pyz on a veth pair: exact counts against what was sent and the kernel's counters."""
+"""The built kubenetprobe.pyz attached to a veth pair: exact counts against what was sent and the kernel's
+counters with every loader, attach method and mode; signals, detach, other programs, the Python API."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,29 +9,10 @@ import time
 import pytest
 
 from conftest import EMPTY_OBJECT, PYZ, ROOT
-from frames import ETH_ARP, ETH_IP, ETH_IPV6, ETH_LLDP, ICMP, UDP, VLAN_Q, arp, icmp, ipv4, ipv6, udp
-from netns import ProbeRun, VethPair, settle
+from frames import ETH_ARP, ETH_LLDP
+from netns import ProbeRun, VethPair, raw_frames, settle
 
-pytestmark = pytest.mark.integration
-
-
-
-@pytest.fixture
-def pair():
-    assert os.path.exists(PYZ), "build it first: make build"
-    with VethPair() as p:
-        yield p
-
-
-def raw_frames(pair):
-    """Frames of the classes ping and sockets do not make: (frame, l3, l4 or None)."""
-    return [
-        (pair.frame(ETH_ARP, arp()), "arp", None),
-        (pair.frame(ETH_IPV6, ipv6(UDP, udp())), "ipv6", "udp"),
-        (pair.frame(ETH_LLDP, bytes(30)), "other", None),
-        (pair.frame(ETH_IP, ipv4(ICMP, icmp()), tags=(VLAN_Q,)), "ipv4", "icmp"),
-        (pair.frame(ETH_IP, ipv4(ICMP, icmp())[:12]), "ipv4", "other"),  # IPv4 header cut short
-    ]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built_pyz")]
 
 
 def assert_matches_kernel(report, before, after, mode):

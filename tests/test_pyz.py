@@ -1,4 +1,5 @@
-"""The built kubenetprobe.pyz as users get it: every Python, read-only filesystems, what it imports, its bytes."""
+"""The built kubenetprobe.pyz as users get it: every Python from 3.6 (vermin, then each interpreter here),
+read-only filesystems, what it imports, its bytes."""
 import glob
 import os
 import shutil
@@ -8,10 +9,18 @@ import sys
 import pytest
 
 from conftest import PYZ, ROOT
-from netns import ProbeRun, VethPair, settle, sh, without_libbpf
+from netns import ProbeRun, settle, sh, without_libbpf
 from frames import ETH_LLDP
 
-pytestmark = pytest.mark.integration
+
+def test_runtime_code_needs_nothing_newer_than_python_3_6():
+    """vermin finds no syntax or standard-library use newer than 3.6 in probe/ (the .pyz runs on 3.6 in the
+    integration tests too, but only along the paths they take)."""
+    probe_dir = os.path.join(ROOT, "probe")
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "vermin"), "-t=3.6-", "--no-tips",
+                             "--violations", probe_dir],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    assert result.returncode == 0, result.stdout
 
 
 def interpreters():
@@ -42,14 +51,15 @@ def count_frames(pair, *args, **kwargs):
     assert final[pair.probe_if]["loader"] == args[args.index("--loader") + 1]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("loader", ["libbpf", "native"])
 @pytest.mark.parametrize("python,version", interpreters(), ids=lambda v: v if "/" not in v else None)
-def test_runs_and_counts_on_every_python(python, version, loader):
-    with VethPair() as pair:
-        count_frames(pair, "--loader", loader, python=python)
+def test_runs_and_counts_on_every_python(pair, python, version, loader):
+    count_frames(pair, "--loader", loader, python=python)
 
 
-def test_runs_with_read_only_root_and_home(tmp_path):
+@pytest.mark.integration
+def test_runs_with_read_only_root_and_home(tmp_path, pair):
     """Like Kubernetes' readOnlyRootFilesystem: nowhere to extract to, and nothing written."""
     home = tmp_path / "home"
     home.mkdir()
@@ -58,24 +68,23 @@ def test_runs_with_read_only_root_and_home(tmp_path):
     # Every filesystem read-only, in a mount namespace of this command's own.
     read_only = 'for m in $(findmnt -rno TARGET -t nosysfs,noproc,nodevtmpfs,nocgroup2,nobpf); do ' \
                 'mount -o remount,bind,ro "$m" 2>/dev/null; done; touch "$HOME/w" 2>/dev/null && exit 99; exec "$@"'
-    with VethPair() as pair:
-        result = sh("unshare", "-m", "--propagation", "private", "sh", "-c", read_only, "sh",
-                    "ip", "netns", "exec", pair.probe_ns, sys.executable, pyz, "--json", "-i", pair.probe_if,
-                    "--count", "1", "--interval", "0", env=dict(os.environ, HOME=str(home)), check=False)
+    result = sh("unshare", "-m", "--propagation", "private", "sh", "-c", read_only, "sh",
+                "ip", "netns", "exec", pair.probe_ns, sys.executable, pyz, "--json", "-i", pair.probe_if,
+                "--count", "1", "--interval", "0", env=dict(os.environ, HOME=str(home)), check=False)
     assert result.returncode == 0, result.stderr
     assert '"interface": "knp0"' in result.stdout
     assert os.listdir(str(home)) == []
 
 
-def test_picks_the_native_loader_without_libbpf():
+@pytest.mark.integration
+def test_picks_the_native_loader_without_libbpf(pair):
     """libbpf made invisible to the pyz alone: auto takes the native loader, says so under -v, counts exactly."""
-    with VethPair() as pair:
-        frame = pair.frame(ETH_LLDP, bytes(46))
-        with ProbeRun(pair, "-v", "-i", pair.probe_if, "--interval", "60", wrapper=without_libbpf()) as probe:
-            probe.wait_attached()
-            pair.send_frames([frame] * 7)
-            settle()
-            final = probe.stop()[pair.probe_if]
+    frame = pair.frame(ETH_LLDP, bytes(46))
+    with ProbeRun(pair, "-v", "-i", pair.probe_if, "--interval", "60", wrapper=without_libbpf()) as probe:
+        probe.wait_attached()
+        pair.send_frames([frame] * 7)
+        settle()
+        final = probe.stop()[pair.probe_if]
     assert probe.returncode == 0, probe.stderr
     assert final["loader"] == "native"
     assert final["rx"]["l3"]["other"] == {"packets": 7, "bytes": 7 * len(frame)}
@@ -83,6 +92,7 @@ def test_picks_the_native_loader_without_libbpf():
     assert "using the native loader" in probe.stderr
 
 
+@pytest.mark.integration
 def test_never_imports_from_writable_folders(tmp_path):
     """Seeded shiv caches, a cwd holding look-alike modules: none of it runs."""
     marker = tmp_path / "pwned"
@@ -103,6 +113,7 @@ def test_never_imports_from_writable_folders(tmp_path):
     assert not marker.exists(), "imported code from " + marker.read_text()
 
 
+@pytest.mark.integration
 def test_build_is_reproducible_across_folders(tmp_path):
     """Two builds of this tree in two folders give byte-identical files, equal to dist/'s."""
     outputs = []
@@ -120,3 +131,4 @@ def test_build_is_reproducible_across_folders(tmp_path):
     assert outputs[0] == outputs[1]
     with open(PYZ, "rb") as f:
         assert f.read() == outputs[0]
+

@@ -6,15 +6,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
-from conftest import OBJECT, PYZ, compile_bpf
-from netns import ProbeRun, VethPair, settle, sh
-from test_errors import OTHER_LAYOUT
+from conftest import OBJECT, PYZ, bpf_source, compile_bpf
 from frames import ETH_LLDP
+from netns import ProbeRun, settle
 
 pytestmark = pytest.mark.integration
 
@@ -34,28 +32,6 @@ while not stop:
         send(frame)
     sent += 1000
 print(sent, flush=True)
-"""
-
-
-# The probe's own map layout, but a packet read without a bounds check: only the verifier can refuse it.
-VERIFIER_REFUSES = r"""
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-#include "kubenetprobe.h"
-struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, KNP_DIR_MAX); __type(key, __u32);
-         __type(value, struct knp_stats); } knp_stats SEC(".maps");
-SEC("xdp")
-int kubenetprobe_rx(struct xdp_md *ctx)
-{
-	unsigned char *data = (void *)(long)ctx->data;
-	__u32 key = KNP_DIR_RX;
-	struct knp_stats *stats = bpf_map_lookup_elem(&knp_stats, &key);
-
-	if (stats)
-		stats->l3[KNP_L3_OTHER].packets++;
-	return data[100] == 1 ? XDP_DROP : XDP_PASS;
-}
-char LICENSE[] SEC("license") = "GPL";
 """
 
 
@@ -87,27 +63,11 @@ class Blast(object):
 
 
 @pytest.fixture
-def pair():
-    with VethPair() as p:
-        yield p
-
-
-@pytest.fixture
 def object_file(tmp_path):
     """A copy of the built object, as someone iterating on bpf/ would point --object at."""
     path = str(tmp_path / "kubenetprobe.bpf.o")
     shutil.copy(OBJECT, path)
     return path
-
-
-@pytest.fixture
-def bpffs():
-    """A bpffs of the test's own, outside /sys (which `ip netns exec` mounts over)."""
-    path = tempfile.mkdtemp(prefix="knp-bpffs-")
-    sh("mount", "-t", "bpf", "bpf", path)
-    yield path
-    sh("umount", path)
-    os.rmdir(path)
 
 
 def reload(probe, expect="reloaded"):
@@ -163,8 +123,8 @@ def test_broken_object_on_reload_keeps_the_running_program(pair, object_file, tm
     """The old program stays attached and counting, the probe says why, and a fixed object reloads."""
     good = open(object_file, "rb").read()
     bad = {"not-elf": lambda: b"\x7fELF but not really",
-           "verifier": lambda: compile_bpf(tmp_path, VERIFIER_REFUSES).read_bytes(),
-           "layout": lambda: compile_bpf(tmp_path, OTHER_LAYOUT).read_bytes()}[broken]()
+           "verifier": lambda: compile_bpf(tmp_path, bpf_source("verifier_refuses.bpf.c")).read_bytes(),
+           "layout": lambda: compile_bpf(tmp_path, bpf_source("other_layout.bpf.c")).read_bytes()}[broken]()
     frame = frame_for(pair)
     with ProbeRun(pair, "-i", pair.probe_if, "--object", object_file, "--interval", "60") as probe:
         probe.wait_attached()
@@ -250,7 +210,8 @@ def test_object_without_what_the_probe_needs_is_refused(pair, tmp_path, source, 
         path = tmp_path / "object.o"
         path.write_bytes(b"just text")
     else:
-        layout = OTHER_LAYOUT if source == "layout" else OTHER_LAYOUT.replace("kubenetprobe_rx", "other_name")
+        other_layout = bpf_source("other_layout.bpf.c")
+        layout = other_layout if source == "layout" else other_layout.replace("kubenetprobe_rx", "other_name")
         path = compile_bpf(tmp_path, layout)
     result = pair.run(pair.probe_ns, sys.executable, PYZ, "-i", pair.probe_if, "--object", str(path),
                       "--count", "1", check=False)

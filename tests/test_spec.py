@@ -6,14 +6,13 @@ import json
 import os
 import random
 import re
-import shutil
 import struct
 import subprocess
 import threading
 
 import pytest
 
-from conftest import OBJECT, ROOT, compile_bpf
+from conftest import OBJECT, ROOT, bpf_source, compile_bpf, tool
 from probe import layout
 from probe.bpf import btf, constants, elf, spec
 from probe.errors import ProbeError
@@ -32,13 +31,6 @@ def data():
 @pytest.fixture(scope="module")
 def objspec(data):
     return spec.read_object(data)
-
-
-def tool(name):
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip("%s is not installed (make deps)" % name)
-    return path
 
 
 def run(*argv):
@@ -105,18 +97,6 @@ def test_stats_map_btf_ids(objspec):
     assert (key.kind, key.name) == (btf.BTF_KIND_TYPEDEF, "__u32")
     assert (value.kind, value.name) == (btf.BTF_KIND_STRUCT, "knp_stats")
     assert types.size_of(key.id) == m.key_size and types.size_of(value.id) == m.value_size
-
-
-def test_stats_layout_matches_btf(objspec):
-    """probe/layout.py mirrors struct knp_stats: l3 and l4 arrays of (packets, bytes) __u64 pairs."""
-    types = btf.parse_btf(objspec.btf)
-    stats = types.type_by_id(objspec.maps[layout.STATS_MAP].btf_value_type_id)
-    assert [(m.name, m.bit_offset) for m in stats.members] == [("l3", 0), ("l4", len(layout.L3) * 16 * 8)]
-    l3, l4 = (types.type_by_id(m.type).array for m in stats.members)
-    assert (l3.nelems, l4.nelems) == (len(layout.L3), len(layout.L4))
-    counter = types.type_by_id(l3.type)
-    assert [m.name for m in counter.members] == ["packets", "bytes"]
-    assert all(types.size_of(m.type) == 8 for m in counter.members)
 
 
 def test_program(objspec):
@@ -418,45 +398,8 @@ def test_random_btf_damage(data):
 
 # Objects compiled here, with clang: several programs and maps, and big-endian BPF
 
-MULTI = r"""
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} first SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 8);
-	__uint(key_size, 4);
-	__uint(value_size, 8);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} second SEC(".maps");
-
-static __always_inline int bump(void *map)
-{
-	__u32 key = 0;
-	__u64 *value = bpf_map_lookup_elem(map, &key);
-
-	if (value)
-		(*value)++;
-	return XDP_PASS;
-}
-
-SEC("xdp") int prog_a(struct xdp_md *ctx) { return bump(&first); }
-SEC("xdp") int prog_b(struct xdp_md *ctx) { bump(&second); return bump(&first); }
-SEC("xdp/other") int prog_c(struct xdp_md *ctx) { return bump(&second); }
-
-char LICENSE[] SEC("license") = "GPL";
-"""
-
-
 def test_several_programs_and_maps(tmp_path):
-    path = compile_bpf(tmp_path, MULTI)
+    path = compile_bpf(tmp_path, bpf_source("several_programs_and_maps.bpf.c"))
     blob = path.read_bytes()
     s = spec.read_object(blob)
     first, second = s.maps["first"], s.maps["second"]
@@ -485,9 +428,7 @@ def test_several_programs_and_maps(tmp_path):
 
 
 def test_unknown_program_type_compiled(tmp_path):
-    blob = compile_bpf(tmp_path, '#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n'
-                                 'SEC("tc") int classify(struct __sk_buff *skb) { return 0; }\n'
-                                 'char LICENSE[] SEC("license") = "GPL";\n').read_bytes()
+    blob = compile_bpf(tmp_path, bpf_source("tc_classifier.bpf.c")).read_bytes()
     assert "section 'tc': unknown program type" in probe_error(spec.read_object, blob)
 
 
@@ -496,12 +437,7 @@ def test_unknown_program_type_compiled(tmp_path):
     ("__uint(key_size, 8);", "map 'bad': key_size 8 disagrees with the size of its key type, 4"),
 ])
 def test_bad_map_definitions(tmp_path, members, expected):
-    source = ('#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n'
-              'struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32);\n'
-              '         __type(value, __u64); %s } bad SEC(".maps");\n'
-              'SEC("xdp") int prog(struct xdp_md *ctx)\n'
-              '{ return bpf_map_lookup_elem(&bad, &(__u32){0}) != 0; }\n'
-              'char LICENSE[] SEC("license") = "GPL";\n' % members)
+    source = "#define BAD_MAP_MEMBERS %s\n" % members + bpf_source("bad_map.bpf.c")
     blob = compile_bpf(tmp_path, source).read_bytes()
     assert expected in probe_error(spec.read_object, blob)
 

@@ -1,0 +1,103 @@
+"""probe/layout.py, the one mirror of bpf/kubenetprobe.h: checked against the object's BTF as bpftool reads it;
+per-CPU values summed by decode_stats, and how many there are (possible_cpus). No privileges."""
+import json
+import struct
+import subprocess
+
+import pytest
+
+from conftest import OBJECT, tool
+from probe import layout
+from probe.bpf import constants, objects
+
+
+@pytest.fixture(scope="module")
+def btf():
+    """The object's BTF types by id, as bpftool dumps them (raw format, JSON)."""
+    out = subprocess.run([tool("bpftool"), "-j", "btf", "dump", "file", OBJECT, "format", "raw"],
+                         check=True, capture_output=True, text=True).stdout
+    return {t["id"]: t for t in json.loads(out)["types"]}
+
+
+def named(btf, kind, name):
+    """The one BTF type of this kind and name."""
+    found = [t for t in btf.values() if t["kind"] == kind and t["name"] == name]
+    assert len(found) == 1, "%d BTF %s types named %s" % (len(found), kind, name)
+    return found[0]
+
+
+def resolve(btf, type_id):
+    """The type behind a type id, through typedefs and qualifiers."""
+    t = btf[type_id]
+    while t["kind"] in ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT"):
+        t = btf[t["type_id"]]
+    return t
+
+
+def members(btf, struct_type):
+    """{member name: (byte offset, resolved type)} of a BTF struct."""
+    return {m["name"]: (m["bits_offset"] // 8, resolve(btf, m["type_id"])) for m in struct_type["members"]}
+
+
+def test_btf_knp_counter_is_two_u64_packets_then_bytes(btf):
+    """struct knp_counter is 16 bytes: __u64 packets at 0, __u64 bytes at 8 (a "QQ" pair in layout.STATS)."""
+    counter = named(btf, "STRUCT", "knp_counter")
+    assert counter["size"] == struct.calcsize("=QQ")
+    fields = members(btf, counter)
+    assert sorted(fields) == ["bytes", "packets"]
+    assert (fields["packets"][0], fields["bytes"][0]) == (0, 8)
+    for _, t in fields.values():
+        assert (t["kind"], t["size"], t["encoding"]) == ("INT", 8, "(none)")  # unsigned 64-bit
+
+
+def test_btf_knp_stats_matches_layout(btf):
+    """struct knp_stats is l3[len(L3)] then l4[len(L4)] knp_counters, layout.STATS.size bytes in all."""
+    stats = named(btf, "STRUCT", "knp_stats")
+    counter = named(btf, "STRUCT", "knp_counter")
+    assert stats["size"] == layout.STATS.size
+    fields = members(btf, stats)
+    assert sorted(fields) == ["l3", "l4"]
+    for name, offset, length in [("l3", 0, len(layout.L3)), ("l4", len(layout.L3) * counter["size"], len(layout.L4))]:
+        at, array = fields[name]
+        assert at == offset, name
+        assert array["kind"] == "ARRAY" and array["nr_elems"] == length, name
+        assert resolve(btf, array["type_id"]) is counter, name
+
+
+def test_btf_stats_map_matches_layout(btf):
+    """Map knp_stats: per-CPU array (what decode_stats sums), one __u32 key per direction, knp_stats values."""
+    fields = members(btf, resolve(btf, named(btf, "VAR", layout.STATS_MAP)["type_id"]))
+
+    def pointee(name):  # __uint(name, N) is int (*name)[N]; __type(name, T) is T *name
+        return resolve(btf, fields[name][1]["type_id"])
+
+    assert pointee("type")["nr_elems"] == constants.BPF_MAP_TYPE_PERCPU_ARRAY
+    assert pointee("max_entries")["nr_elems"] == len(layout.DIRECTIONS)
+    assert pointee("key")["size"] == layout.KEY.size
+    assert pointee("value") is named(btf, "STRUCT", "knp_stats")
+
+
+def test_decode_stats_sums_every_cpu():
+    """decode_stats adds each CPU's (packets, bytes) pairs, l3 then l4, and totals the l3 classes."""
+    # Field i of CPU c holds (i + 1) * 10**c: over three CPUs each field sums to (i + 1) * 111.
+    stats = layout.decode_stats([struct.pack("=18Q", *[(i + 1) * 10 ** cpu for i in range(18)]) for cpu in range(3)])
+    assert stats["l3"] == {"ipv4": {"packets": 111, "bytes": 222}, "ipv6": {"packets": 333, "bytes": 444},
+                           "arp": {"packets": 555, "bytes": 666}, "other": {"packets": 777, "bytes": 888}}
+    assert stats["l4"] == {"tcp": {"packets": 999, "bytes": 1110}, "udp": {"packets": 1221, "bytes": 1332},
+                           "icmp": {"packets": 1443, "bytes": 1554}, "icmpv6": {"packets": 1665, "bytes": 1776},
+                           "other": {"packets": 1887, "bytes": 1998}}
+    assert (stats["packets"], stats["bytes"]) == (111 + 333 + 555 + 777, 222 + 444 + 666 + 888)
+
+
+def test_decode_stats_refuses_a_short_value():
+    """A CPU's value shorter than one knp_stats is an error, not a silent partial sum."""
+    with pytest.raises(ValueError):
+        layout.decode_stats([bytes(layout.STATS.size), bytes(layout.STATS.size - 1)])
+
+
+@pytest.mark.parametrize("text, count", [("0-3\n", 4), ("0,2-3\n", 3), ("0\n", 1), ("0-1,4-7\n", 6)])
+def test_possible_cpus_parses_cpu_lists(tmp_path, text, count):
+    """possible_cpus counts the CPUs of a sysfs CPU list: ranges and single CPUs, comma-separated."""
+    path = tmp_path / "possible"
+    path.write_text(text)
+    assert objects.possible_cpus(str(path)) == count
