@@ -12,7 +12,7 @@ PYZ        := dist/kubenetprobe.pyz
 APT_PACKAGES := clang llvm gcc libc6-dev libbpf-dev libbpf1 bpftool iproute2 iputils-ping python3-venv ethtool debootstrap procps python3
 TOOLS      := $(CLANG) $(STRIP) gcc bpftool ip ping ethtool debootstrap
 
-.PHONY: all deps ensure-deps build-ebpf build test test-unit test-integration run bench clean
+.PHONY: all deps ensure-deps build-ebpf build test test-unit test-integration run bench fuzz clean
 
 all: build
 
@@ -65,6 +65,15 @@ run: build
 
 bench: build $(EMPTY_OBJ)
 	$(VPY) tests/bench.py --pyz $(PYZ) --empty-object $(EMPTY_OBJ)
+
+# Fuzz the object readers and `inspect` with atheris for FUZZ_SECONDS (installed into the venv on first use);
+# findings land in build/fuzz/ as crash-* or timeout-* files.
+FUZZ_SECONDS ?= 300
+fuzz: ensure-deps $(OBJ)
+	$(VPY) -c "import atheris" 2>/dev/null || $(VPY) -m pip install -q --disable-pip-version-check atheris==3.0.0
+	@mkdir -p build/fuzz/corpus && cp $(OBJ) build/fuzz/corpus/
+	cd build/fuzz && ../../$(VPY) ../../tests/fuzz_inspect.py -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+		-rss_limit_mb=2048 corpus
 
 clean:
 	rm -rf build dist probe/_bytecode .pytest_cache

@@ -41,6 +41,7 @@ examples:
   kubenetprobe --pin /sys/fs/bpf/knp   keep counting after exit; the next run with --pin takes over
   kubenetprobe detach -i eth0          remove a program a killed probe left behind (netlink only)
   kubenetprobe detach -i eth0 --pin /sys/fs/bpf/knp    end a pinned probe and remove its pins
+  kubenetprobe inspect prog.bpf.o      what an object holds, and which loader can load it
 
 signals:
   SIGINT, SIGTERM   print the final report, detach (unless --pin) and exit
@@ -169,6 +170,40 @@ def run_detach(args):
     return EXIT_OK
 
 
+def inspect_parser():
+    """The argument parser of `kubenetprobe inspect`."""
+    p = argparse.ArgumentParser(prog="kubenetprobe inspect",
+                                description="Show what a BPF object file holds, without loading anything: its "
+                                            "programs, maps, global data, BTF, CO-RE relocations and externs; "
+                                            "and whether the native loader can load it and the system's libbpf "
+                                            "can open it (if not, the reason a load would give). Needs no root.",
+                                epilog="example: kubenetprobe inspect prog.bpf.o --json | jq .maps")
+    p.add_argument("object", metavar="OBJECT", help="the ELF object file (clang -target bpf)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("-v", "--verbose", action="store_true", help="on failure, show the traceback")
+    return p
+
+
+def run_inspect(args):
+    """Describe an object file."""
+    from probe.inspect import describe, format_text
+    try:
+        with open(args.object, "rb") as f:
+            data = f.read()
+    except (IOError, OSError) as e:
+        raise ProbeError("cannot read %s: %s" % (args.object, e.strerror), errno=e.errno)
+    try:
+        info = describe(data)
+    except ProbeError as e:
+        raise e.wrap(args.object) from e
+    if args.json:
+        import json
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_text(args.object, info))
+    return EXIT_OK
+
+
 class _Signals(object):
     """Turns SIGINT and SIGTERM into a stop, SIGHUP into a reload, each waking the wait between reports."""
 
@@ -265,6 +300,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["detach"]:
         args, action = detach_parser().parse_args(argv[1:]), run_detach
+    elif argv[:1] == ["inspect"]:
+        args, action = inspect_parser().parse_args(argv[1:]), run_inspect
     else:
         args, action = parser().parse_args(argv), run
     log.use_handler(_to_stderr, log.DEBUG if args.verbose else log.INFO)

@@ -5,10 +5,13 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from probe.errors import ProbeError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYZ = os.path.join(ROOT, "dist", "kubenetprobe.pyz")
@@ -40,6 +43,27 @@ def compile_bpf(folder, source, target="bpf"):
                     "-I" + os.path.join(ROOT, "bpf"), "-c", str(name.with_suffix(".c")), "-o",
                     str(name.with_suffix(".o"))], check=True)
     return name.with_suffix(".o")
+
+
+def guarded(parse, data, timeout=10):
+    """(result, ProbeError) of parse(data) in a thread: any other exception is raised, a hang fails."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["result"] = parse(data)
+        except ProbeError as e:
+            outcome["error"] = e
+        except BaseException as e:  # handed to the test's thread below
+            outcome["unexpected"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "parsing hung (more than %d s)" % timeout
+    if "unexpected" in outcome:
+        raise outcome["unexpected"]
+    return outcome.get("result"), outcome.get("error")
 
 
 def tool(name):

@@ -196,16 +196,3 @@ def test_object_with_another_map_layout(tmp_path, pair):
     assert result.stderr == ("kubenetprobe: error: the object's map knp_stats has another layout: value_size 8, "
                              "not 144; rebuild the object from this version's bpf/ (make build-ebpf)\n")
     assert pair.xdp_program() is None
-
-
-# The native loader in process (it loads, so root)
-
-@pytest.mark.integration
-def test_native_loader_grows_the_log_buffer_for_the_verifier(tmp_path, monkeypatch):
-    """A verifier log longer than the buffer (ENOSPC) is fetched again whole, with the reason at its end."""
-    from probe.bpf import native
-    monkeypatch.setattr(native, "_LOG_SIZE", 64)
-    with pytest.raises(ProbeError) as refused:
-        native.NativeEngine().load_bytes(compile_bpf(tmp_path, bpf_source("unchecked_read.bpf.c")).read_bytes())
-    assert refused.value.message == "the verifier rejected the program: R1 offset is outside of the packet"
-    assert len(refused.value.log) > 64 and "processed" in refused.value.log

@@ -24,15 +24,12 @@ def engine():
 
 
 @pytest.fixture
-def pin_root(tmp_path):
-    """An empty folder on a bpffs of the test's own, mounted in a temporary folder: nothing is ever pinned under
-    /sys/fs/bpf. (A bpffs's top folder holds the kernel's maps.debug and progs.debug.)"""
-    mount = tmp_path / "bpffs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "bpf", "bpf", str(mount)], check=True)
-    (mount / "pins").mkdir()
-    yield str(mount / "pins")
-    subprocess.run(["umount", str(mount)], check=True)
+def pin_root(bpffs):
+    """An empty folder on the test's own bpffs (whose top folder holds the kernel's maps.debug and progs.debug):
+    nothing is ever pinned under /sys/fs/bpf."""
+    path = os.path.join(bpffs, "pins")
+    os.mkdir(path)
+    return path
 
 
 def compiled(folder, name, defines=""):

@@ -5,7 +5,7 @@ What libbpf does to an object's BTF before BPF_BTF_LOAD, and whether this module
 - DATASEC fix-up (done, fixup_datasecs): clang leaves every DATASEC's size and its VARs' offsets 0;
   libbpf fills them from the ELF section's size and each variable's symbol value, turns global VARs whose
   symbol is STV_HIDDEN or STV_INTERNAL into static ones, and sorts each DATASEC's VARs by offset. The
-  extern sections .kconfig and .ksyms are left alone.
+  extern sections .kconfig and .ksyms are left alone. Subprograms global in C but hidden get a static FUNC.
 - Sanitizing for older kernels (not done; libbpf probes each feature, then rewrites a copy of the BTF):
   VAR -> INT (1 byte) and DATASEC -> STRUCT with '.' in its name replaced by '_' (no DATASEC before 5.2);
   FUNC_PROTO -> ENUM of 4 bytes and FUNC -> TYPEDEF (no FUNC before 4.20); global FUNC -> static FUNC
@@ -275,11 +275,15 @@ def parse_btf(data):
 
 
 BTF_EXT_HEADER_SIZE = 24  # struct btf_ext_header, up to line_info_len
+BTF_EXT_CORE_HEADER_SIZE = 32  # with core_relo_off and core_relo_len
+# The .BTF.ext blocks, in header order, with the size of their records (bpf_func_info, bpf_line_info,
+# bpf_core_relo).
+_EXT_BLOCKS = (("func_info", 8), ("line_info", 16), ("core_relo", 16))
 
 
 def parse_ext_infos(data, btf):
-    """The func_info and line_info records of a .BTF.ext section:
-    {"func_info" or "line_info": (record size, {code section name: [record bytes]})}."""
+    """The func_info, line_info and CO-RE relocation records of a .BTF.ext section:
+    {"func_info", "line_info" or "core_relo": (record size, {code section name: [record bytes]})}."""
     data, order = bytes(data), btf.byteorder
     if len(data) < BTF_EXT_HEADER_SIZE:
         raise ObjectError("truncated .BTF.ext: %d bytes" % len(data))
@@ -288,11 +292,54 @@ def parse_ext_infos(data, btf):
         raise ObjectError("unsupported .BTF.ext: magic 0x%04x, version %d, flags 0x%x" % (magic, version, flags))
     if hdr_len < BTF_EXT_HEADER_SIZE or hdr_len > len(data):
         raise ObjectError("malformed .BTF.ext: header length %d (data has %d bytes)" % (hdr_len, len(data)))
-    offsets = struct.unpack_from(order + "IIII", data, 8)
-    infos = {}
-    for what, (offset, length), min_size in (("func_info", offsets[:2], 8), ("line_info", offsets[2:], 16)):
+    blocks = len(_EXT_BLOCKS) if hdr_len >= BTF_EXT_CORE_HEADER_SIZE else 2  # older headers end at line_info
+    offsets = struct.unpack_from(order + "II" * blocks, data, 8)
+    infos = {"core_relo": (16, {})}
+    for i, (what, min_size) in enumerate(_EXT_BLOCKS[:blocks]):
+        offset, length = offsets[2 * i:2 * i + 2]
         infos[what] = _ext_info(_section(data, hdr_len, offset, length, what), btf, order, what, min_size)
     return infos
+
+
+def core_access(btf, type_id, access, enum_value=False):
+    """What a CO-RE relocation reaches, for messages: (its type as C names it, the member path).
+
+    `access` is the relocation's access string ("0:1:2": an index into the root, then member or element
+    indexes); for an enumerator relocation (enum_value), its one number is the enumerator's index.
+    """
+    root = btf.type_by_id(type_id)
+    try:
+        indexes = [int(part) for part in access.split(":")]
+    except ValueError:
+        raise ObjectError("malformed .BTF.ext: CO-RE access string '%s'" % access)
+    what = "CO-RE access string '%s' of %s" % (access, root.describe())
+    t = btf.skip_modifiers(type_id)
+    if enum_value:
+        if t.kind not in (BTF_KIND_ENUM, BTF_KIND_ENUM64) or len(indexes) != 1 or not 0 <= indexes[0] < len(t.values):
+            raise ObjectError("malformed .BTF.ext: %s names no enumerator" % what)
+        return c_name(root), t.values[indexes[0]].name
+    path = ["[%d]" % indexes[0]] if indexes[0] else []
+    for index in indexes[1:]:
+        if t.kind in (BTF_KIND_STRUCT, BTF_KIND_UNION) and 0 <= index < len(t.members):
+            member = t.members[index]
+            if member.name:  # an anonymous struct or union adds no name
+                path.append(member.name)
+            t = btf.skip_modifiers(member.type)
+        elif t.kind == BTF_KIND_ARRAY and index >= 0:
+            path.append("[%d]" % index)
+            t = btf.skip_modifiers(t.array.type)
+        else:
+            raise ObjectError("malformed .BTF.ext: %s goes past %s" % (what, t.describe()))
+    return c_name(root), ".".join(path).replace(".[", "[")
+
+
+def c_name(t):
+    """A type as C source names it: "struct xdp_md", "int", "void"."""
+    if t.id == 0:
+        return "void"
+    if t.kind in (BTF_KIND_STRUCT, BTF_KIND_UNION, BTF_KIND_ENUM, BTF_KIND_ENUM64):
+        return "%s %s" % ("enum" if t.kind == BTF_KIND_ENUM64 else t.kind_name.lower(), t.name or "(anon)")
+    return t.name or t.describe()
 
 
 def _ext_info(data, btf, order, what, min_size):
@@ -432,17 +479,23 @@ def _check_chains(btf):
         ends.update(on_path)
 
 
-def fixup_datasecs(btf, section_sizes, symbol_values, hidden=frozenset()):
+def fixup_datasecs(btf, section_sizes, symbol_values, hidden=frozenset(), static_functions=frozenset()):
     """The BTF blob as libbpf passes it to BPF_BTF_LOAD: DATASEC sizes and VAR offsets filled in.
 
     section_sizes: {ELF section name: size}; symbol_values: {name: value} of the global symbols;
-    hidden: names of those whose visibility is STV_HIDDEN or STV_INTERNAL. Returns bytes in the blob's
-    own byte order.
+    hidden: names of those whose visibility is STV_HIDDEN or STV_INTERNAL; static_functions: subprograms
+    global in C but hidden, whose FUNC libbpf makes static (the verifier then checks them with their
+    caller's context). Returns bytes in the blob's own byte order.
     """
     out = bytearray(btf.raw)
     base = btf.header[0] + btf.header[1]  # hdr_len + type_off
     word = struct.Struct(btf.byteorder + "I")
     triple = struct.Struct(btf.byteorder + "III")
+    for name in static_functions:
+        for func in btf.types:
+            if func.kind == BTF_KIND_FUNC and func.linkage == BTF_FUNC_GLOBAL and func.name == name:
+                word.pack_into(out, base + func.record_offset + 4, BTF_KIND_FUNC << 24 | BTF_FUNC_STATIC)
+                break
     for sec in btf.types:
         if sec.kind != BTF_KIND_DATASEC or sec.name in _EXTERN_DATASECS:
             continue

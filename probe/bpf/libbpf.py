@@ -266,16 +266,26 @@ class LibbpfEngine(Engine):
             if path:
                 yield m, os.fsdecode(path)
 
-    def load_bytes(self, data, reuse_maps=None, pin_root=None):
-        raise_memlock_limit()
-        buffer = ctypes.create_string_buffer(bytes(data), len(data))
+    def _open(self, buffer, pin_root=None):
+        """A bpf_object opened (parsed, nothing loaded) from a buffer; ObjectError with libbpf's reason."""
         opts = ObjectOpenOpts(sz=ctypes.sizeof(ObjectOpenOpts),
                               pin_root_path=os.fsencode(pin_root) if pin_root else None)
         self._log.take()
-        obj = self.lib.bpf_object__open_mem(buffer, len(data), ctypes.byref(opts))
+        obj = self.lib.bpf_object__open_mem(buffer, len(buffer), ctypes.byref(opts))
         err = self._pointer_error(obj)
         if err:
             raise self._error("libbpf cannot open the object", err, ObjectError)
+        return obj
+
+    def check_opens(self, data):
+        """Open an object and close it again, loading nothing: the ObjectError libbpf's reader gives, if any."""
+        self.lib.bpf_object__close(self._open(ctypes.create_string_buffer(bytes(data), len(data))))
+        self._log.take()
+
+    def load_bytes(self, data, reuse_maps=None, pin_root=None):
+        raise_memlock_limit()
+        buffer = ctypes.create_string_buffer(bytes(data), len(data))
+        obj = self._open(buffer, pin_root)
         try:
             names = self.map_names(obj)
             for name, fd in sorted((reuse_maps or {}).items()):
