@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 
 from frames import ETH_IP, ETH_IPV6, HOPOPTS, TCP, UDP, ether, ipv4, ipv6_chain, tcp, udp  # noqa: E402
 from probe import layout  # noqa: E402
+from probe.attach import xdp  # noqa: E402
 from probe.bytecode import embedded_object  # noqa: E402
 from probe.errors import ProbeError  # noqa: E402
 from probe.bpf.libbpf import LibbpfEngine  # noqa: E402
@@ -202,7 +203,7 @@ def load_and_attach(engine, data, interface):
     """Seconds from the object's bytes to the program attached: load, then a bpf_link."""
     started = time.perf_counter()
     obj = engine.load_bytes(data)
-    attached = obj.attach_xdp(layout.PROGRAM, interface)
+    attached = xdp.attach_xdp(obj.program(layout.PROGRAM).fd, interface)
     elapsed = time.perf_counter() - started
     attached.close()
     obj.close()

@@ -6,6 +6,7 @@ import errno
 import os
 
 from probe import log
+from probe.attach.common import LinkAttachment, program_fd, program_name
 from probe.bpf import syscall
 from probe.bpf.constants import (XDP_FLAGS_DRV_MODE, XDP_FLAGS_REPLACE, XDP_FLAGS_SKB_MODE,
                                  XDP_FLAGS_UPDATE_IF_NOEXIST)
@@ -25,10 +26,7 @@ class Holder(object):
         self.ifindex = index
         self.prog_id = prog_id
         self.mode = mode
-        try:
-            self.name = syscall.prog_name_by_id(prog_id)
-        except KernelError:
-            self.name = "?"
+        self.name = program_name(prog_id)
 
     def __str__(self):
         return "id %d (%s), %s mode" % (self.prog_id, self.name or "no name", self.mode)
@@ -62,27 +60,12 @@ class XdpAttachment(object):
         self.method = method
 
 
-class XdpLink(XdpAttachment):
+class XdpLink(LinkAttachment, XdpAttachment):
     """Attached through a bpf_link: the kernel detaches it when the link's fd closes, even on SIGKILL."""
 
     def __init__(self, fd, interface, index, mode):
         XdpAttachment.__init__(self, interface, index, mode, "link")
         self.fd = fd
-
-    @property
-    def program_id(self):
-        return syscall.link_info(self.fd).prog_id
-
-    def update(self, new_prog_fd):
-        """Swap in another program, atomically: no packet passes the hook without one of them."""
-        with _program(self.program_id) as old_prog_fd:
-            syscall.link_update(self.fd, new_prog_fd, old_prog_fd)
-
-    def close(self, keep=False):
-        """Detach the program, unless the link is pinned (`keep` is for the pinning's sake)."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class NetlinkXdp(XdpAttachment):
@@ -96,7 +79,7 @@ class NetlinkXdp(XdpAttachment):
     def update(self, new_prog_fd):
         """Swap in another program, atomically; where the kernel can (5.7+), only if ours is still there."""
         flags = _MODE_FLAGS[self.mode]
-        with _program(self.program_id) as old_prog_fd:
+        with program_fd(self.program_id) as old_prog_fd:
             try:
                 netlink.xdp_attach(self.ifindex, new_prog_fd, flags | XDP_FLAGS_REPLACE, old_prog_fd)
             except KernelError as e:
@@ -112,19 +95,6 @@ class NetlinkXdp(XdpAttachment):
             current = netlink.xdp_program(self.ifindex)
             if current and current[0] == self.program_id:
                 netlink.xdp_detach(self.ifindex, _MODE_FLAGS[self.mode])
-
-
-class _program(object):
-    """An fd of a loaded program, by id, for the length of a `with`."""
-
-    def __init__(self, prog_id):
-        self.fd = syscall.prog_fd_by_id(prog_id)
-
-    def __enter__(self):
-        return self.fd
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
 
 
 def take_over(interface, owner, link_fd=None):

@@ -7,8 +7,11 @@ from probe.bpf.constants import (BPF_COMMAND_NAMES, BPF_F_REPLACE, BPF_LINK_CREA
                                  BPF_LINK_GET_FD_BY_ID, BPF_LINK_GET_NEXT_ID, BPF_LINK_TYPE_XDP, BPF_LINK_UPDATE,
                                  BPF_MAP_CREATE, BPF_MAP_FREEZE, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_BATCH,
                                  BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD,
-                                 BPF_OBJ_PIN, BPF_PROG_GET_FD_BY_ID, BPF_PROG_LOAD, BPF_PROG_TEST_RUN, BPF_XDP)
+                                 BPF_OBJ_PIN, BPF_PROG_GET_FD_BY_ID, BPF_PROG_LOAD, BPF_PROG_QUERY, BPF_PROG_TEST_RUN,
+                                 BPF_XDP)
 from probe.errors import KernelError
+
+BPF_MPROG_MAX = 64  # the most programs a TCX hook holds (kernel/bpf/mprog.c)
 
 # bpf(2) syscall numbers by machine (asm/unistd.h).
 _SYS_BPF = {
@@ -86,8 +89,15 @@ class InfoAttr(ctypes.Structure):
 
 
 class LinkCreateAttr(ctypes.Structure):
-    """union bpf_attr, BPF_LINK_CREATE (link_create), the fields XDP uses."""
+    """union bpf_attr, BPF_LINK_CREATE (link_create), the fields XDP and TCX use."""
     _fields_ = [("prog_fd", _u32), ("target_ifindex", _u32), ("attach_type", _u32), ("flags", _u32)]
+
+
+class ProgQueryAttr(ctypes.Structure):
+    """union bpf_attr, BPF_PROG_QUERY (query), up to revision, which the kernel writes back whatever the size."""
+    _fields_ = [("target_ifindex", _u32), ("attach_type", _u32), ("query_flags", _u32), ("attach_flags", _u32),
+                ("prog_ids", _u64), ("count", _u32), ("_pad", _u32), ("prog_attach_flags", _u64),
+                ("link_ids", _u64), ("link_attach_flags", _u64), ("revision", _u64)]
 
 
 class LinkUpdateAttr(ctypes.Structure):
@@ -123,9 +133,9 @@ class MapInfo(ctypes.Structure):
 
 
 class LinkInfo(ctypes.Structure):
-    """struct bpf_link_info, with the xdp member of its union."""
+    """struct bpf_link_info, with the xdp and tcx members of its union (xdp has the ifindex alone)."""
     _fields_ = [("type", _u32), ("id", _u32), ("prog_id", _u32), ("_pad", _u32), ("ifindex", _u32),
-                ("_union", ctypes.c_uint8 * 28)]
+                ("attach_type", _u32), ("_union", ctypes.c_uint8 * 24)]
 
 
 libc = ctypes.CDLL(None, use_errno=True)  # the process's C library, for every module that calls into it
@@ -272,6 +282,27 @@ def link_create_xdp(prog_fd, ifindex, flags):
     """A new XDP bpf_link fd: the program stays attached while the fd is open."""
     return bpf(BPF_LINK_CREATE, LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex,
                                                attach_type=BPF_XDP, flags=flags))
+
+
+def link_create_tcx(prog_fd, ifindex, attach_type):
+    """A new TCX bpf_link fd (BPF_TCX_INGRESS or BPF_TCX_EGRESS, kernel 6.6+), the program placed after those
+    already on the hook: it stays attached while the fd is open."""
+    return bpf(BPF_LINK_CREATE, LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex, attach_type=attach_type))
+
+
+def tcx_programs(ifindex, attach_type):
+    """[(program id, link id or 0)] of a TCX hook, in the order they run (BPF_PROG_QUERY)."""
+    prog_ids = (_u32 * BPF_MPROG_MAX)()
+    link_ids = (_u32 * BPF_MPROG_MAX)()
+    attr = ProgQueryAttr(target_ifindex=ifindex, attach_type=attach_type, prog_ids=ctypes.addressof(prog_ids),
+                         count=BPF_MPROG_MAX, link_ids=ctypes.addressof(link_ids))
+    bpf(BPF_PROG_QUERY, attr)
+    return [(prog_ids[i], link_ids[i]) for i in range(attr.count)]
+
+
+def link_fd_by_id(link_id):
+    """A new fd of the bpf_link with this id."""
+    return bpf(BPF_LINK_GET_FD_BY_ID, GetIdAttr(id=link_id))
 
 
 def detach_xdp_links(ifindex):

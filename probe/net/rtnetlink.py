@@ -6,17 +6,39 @@ import struct
 from probe.errors import KernelError, ProbeError
 
 NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_EXT_ACK = 11
+# enum rtm types (linux/rtnetlink.h)
 RTM_NEWLINK = 16
 RTM_GETLINK = 18
 RTM_SETLINK = 19
+RTM_NEWQDISC = 36
+RTM_DELQDISC = 37
+RTM_GETQDISC = 38
+RTM_NEWTFILTER = 44
+RTM_DELTFILTER = 45
+RTM_GETTFILTER = 46
+# nlmsghdr flags (linux/netlink.h)
 NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
+NLM_F_ECHO = 0x8
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+NLM_F_REPLACE = 0x100
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+NLM_F_CAPPED = 0x100  # in an error message: the request it quotes is cut to its header
+NLM_F_ACK_TLVS = 0x200  # in an error message: extended-ack attributes follow the quoted request
 NLMSG_ERROR = 0x2
+NLMSG_DONE = 0x3
+NLMSGERR_ATTR_MSG = 1
 NLA_F_NESTED = 1 << 15
 
 NLMSGHDR = struct.Struct("=IHHII")  # struct nlmsghdr
 IFINFOMSG = struct.Struct("=BxHiII")  # struct ifinfomsg
+TCMSG = struct.Struct("=BxxxiIII")  # struct tcmsg
 NLATTR = struct.Struct("=HH")  # struct nlattr
+_ERRNO = struct.Struct("=i")  # the error of a struct nlmsgerr
 
 
 def attr(kind, payload):
@@ -40,28 +62,56 @@ def parse_attrs(data):
 
 def request(msg_type, flags, ifindex, payload=b""):
     """Send one rtnetlink request about an interface; return the payload of the kernel's answer."""
-    body = IFINFOMSG.pack(_socket.AF_UNSPEC, 0, ifindex, 0, 0) + payload
+    answer = exchange(msg_type, flags, IFINFOMSG.pack(_socket.AF_UNSPEC, 0, ifindex, 0, 0) + payload)
+    return answer[0] if answer else b""
+
+
+def exchange(msg_type, flags, body):
+    """Send one rtnetlink message (header added); return the payloads of the kernel's answer: none for an
+    acknowledgement, one message, or every part of a dump (NLM_F_DUMP) up to its NLMSG_DONE."""
     seq = 1
     sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, NETLINK_ROUTE)
     try:
+        try:
+            sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)  # the kernel's reason with an error (4.12+)
+        except OSError:
+            pass
         sock.bind((0, 0))
         sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | flags, seq, 0) + body)
+        answer = []
         while True:
             data = sock.recv(65536)
             off = 0
             while off + NLMSGHDR.size <= len(data):
-                length, kind, _, rseq, _ = NLMSGHDR.unpack_from(data, off)
+                length, kind, msg_flags, rseq, _ = NLMSGHDR.unpack_from(data, off)
                 if length < NLMSGHDR.size:
                     raise ProbeError("malformed netlink message from the kernel")
                 msg = data[off + NLMSGHDR.size:off + length]
                 off += (length + 3) & ~3
                 if rseq != seq:
                     continue
-                if kind == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", msg)[0]
-                    if err:
-                        raise KernelError(os.strerror(err), errno=err)
-                    return b""
-                return msg
+                if kind in (NLMSG_ERROR, NLMSG_DONE):
+                    err = -_ERRNO.unpack_from(msg)[0] if len(msg) >= _ERRNO.size else 0
+                    if err > 0:  # a dump's NLMSG_DONE quotes no request: its flags say nothing of one
+                        raise _error(err, msg, msg_flags if kind == NLMSG_ERROR else 0)
+                    return answer
+                answer.append(msg)
+                if not msg_flags & NLM_F_MULTI and not flags & NLM_F_ACK:
+                    return answer
     finally:
         sock.close()
+
+
+def _error(err, msg, msg_flags):
+    """The KernelError of an NLMSG_ERROR, with the kernel's extended-ack message when it gave one."""
+    reason = None
+    if msg_flags & NLM_F_ACK_TLVS and len(msg) >= _ERRNO.size + NLMSGHDR.size:
+        quoted = NLMSGHDR.size if msg_flags & NLM_F_CAPPED else NLMSGHDR.unpack_from(msg, _ERRNO.size)[0]
+        try:
+            reason = parse_attrs(msg[_ERRNO.size + ((quoted + 3) & ~3):]).get(NLMSGERR_ATTR_MSG)
+        except ProbeError:
+            pass  # a damaged reason: the errno alone still says what failed
+    if reason:
+        return KernelError("%s (%s)" % (os.strerror(err), reason.rstrip(b"\0").decode("utf-8", "replace")),
+                           errno=err)
+    return KernelError(os.strerror(err), errno=err)

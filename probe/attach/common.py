@@ -1,0 +1,48 @@
+"""What every hook's attachments share: a program by its id, and the life of a bpf_link."""
+import os
+
+from probe.bpf import syscall
+from probe.errors import KernelError
+
+
+class program_fd(object):
+    """An fd of a loaded program, by id, for the length of a `with`."""
+
+    def __init__(self, prog_id):
+        self.fd = syscall.prog_fd_by_id(prog_id)
+
+    def __enter__(self):
+        return self.fd
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+def program_name(prog_id):
+    """The name of the loaded program with this id; "?" once it is gone."""
+    try:
+        return syscall.prog_name_by_id(prog_id)
+    except KernelError:
+        return "?"
+
+
+class LinkAttachment(object):
+    """An attachment through a bpf_link (`fd`): the kernel detaches it when the link's last fd closes, even
+    on SIGKILL, unless the link is pinned."""
+
+    fd = None
+
+    @property
+    def program_id(self):
+        return syscall.link_info(self.fd).prog_id
+
+    def update(self, new_prog_fd):
+        """Swap in another program, atomically: no packet passes the hook without one of them."""
+        with program_fd(self.program_id) as old_prog_fd:
+            syscall.link_update(self.fd, new_prog_fd, old_prog_fd)
+
+    def close(self, keep=False):
+        """Detach the program, unless the link is pinned (`keep` is for the pinning's sake)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
