@@ -1,1 +1,1 @@
-"""rtnetlink: the message codec, link requests (XDP), TC requests (qdiscs, filters), interfaces by name."""
+"""rtnetlink: the message codec, link requests and events, TC requests (qdiscs, filters), interfaces by name."""

@@ -1,4 +1,4 @@
-"""Network interfaces by name: their index, and the one the default route leaves by."""
+"""Network interfaces by name: their index, the one the default route leaves by, and the ones a user chose."""
 import _socket  # socket.py would add ~1.5 ms of enum building to every start
 
 from probe.errors import ProbeError
@@ -12,6 +12,16 @@ def ifindex(interface):
         return _socket.if_nametoindex(interface)
     except OSError:
         raise ProbeError("no such interface: %s" % interface, hint="list interfaces with `ip link show`")
+
+
+def match(name, patterns, excludes=()):
+    """Whether a name matches a shell-style pattern (patterns None: --all, every one but lo) and no exclude."""
+    import fnmatch  # only a choice by pattern pays for re
+    if patterns is None:
+        chosen = name != "lo"
+    else:
+        chosen = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    return chosen and not any(fnmatch.fnmatchcase(name, p) for p in excludes)
 
 
 def _ipv4_default(path):

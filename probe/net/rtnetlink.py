@@ -10,6 +10,7 @@ SOL_NETLINK = 270
 NETLINK_EXT_ACK = 11
 # enum rtm types (linux/rtnetlink.h)
 RTM_NEWLINK = 16
+RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_SETLINK = 19
 RTM_NEWQDISC = 36
@@ -39,6 +40,7 @@ IFINFOMSG = struct.Struct("=BxHiII")  # struct ifinfomsg
 TCMSG = struct.Struct("=BxxxiIII")  # struct tcmsg
 NLATTR = struct.Struct("=HH")  # struct nlattr
 _ERRNO = struct.Struct("=i")  # the error of a struct nlmsgerr
+RECV_SIZE = 65536  # per recv: more than a dump part (the kernel caps them at 32 KB) or a notification takes
 
 
 def attr(kind, payload):
@@ -58,6 +60,30 @@ def parse_attrs(data):
         out[kind & ~NLA_F_NESTED] = data[off + NLATTR.size:off + length]
         off += (length + 3) & ~3
     return out
+
+
+def messages(data):
+    """(type, flags, seq, payload) of each netlink message in one datagram; ProbeError if one is damaged."""
+    off = 0
+    while off + NLMSGHDR.size <= len(data):
+        length, kind, flags, seq, _ = NLMSGHDR.unpack_from(data, off)
+        if length < NLMSGHDR.size or off + length > len(data):
+            raise ProbeError("malformed netlink message from the kernel")
+        yield kind, flags, seq, data[off + NLMSGHDR.size:off + length]
+        off += (length + 3) & ~3
+
+
+def parse_ifinfo(msg):
+    """(family, ifindex, flags, {type: payload}) of an ifinfomsg and its attributes; ProbeError if damaged."""
+    if len(msg) < IFINFOMSG.size:
+        raise ProbeError("malformed link message from the kernel")
+    family, _, ifindex, flags, _ = IFINFOMSG.unpack_from(msg)
+    return family, ifindex, flags, parse_attrs(msg[IFINFOMSG.size:])
+
+
+def string(payload):
+    """The text of a NUL-terminated string attribute."""
+    return payload.rstrip(b"\0").decode("utf-8", "replace")
 
 
 def request(msg_type, flags, ifindex, payload=b""):
@@ -80,14 +106,7 @@ def exchange(msg_type, flags, body):
         sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | flags, seq, 0) + body)
         answer = []
         while True:
-            data = sock.recv(65536)
-            off = 0
-            while off + NLMSGHDR.size <= len(data):
-                length, kind, msg_flags, rseq, _ = NLMSGHDR.unpack_from(data, off)
-                if length < NLMSGHDR.size:
-                    raise ProbeError("malformed netlink message from the kernel")
-                msg = data[off + NLMSGHDR.size:off + length]
-                off += (length + 3) & ~3
+            for kind, msg_flags, rseq, msg in messages(sock.recv(RECV_SIZE)):
                 if rseq != seq:
                     continue
                 if kind in (NLMSG_ERROR, NLMSG_DONE):

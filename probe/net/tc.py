@@ -68,10 +68,6 @@ def _info(prio, protocol):
     return tc_h_make(prio << 16, _socket.htons(protocol))
 
 
-def _string(payload):
-    return payload.rstrip(b"\0").decode("utf-8", "replace")
-
-
 def qdisc_kind(ifindex):
     """The kind of qdisc ("clsact", "ingress") in clsact's place on an interface, or None."""
     try:
@@ -86,7 +82,7 @@ def qdisc_kind(ifindex):
         raise
     if not answer:
         return None
-    return _string(rtnetlink.parse_attrs(answer[0][rtnetlink.TCMSG.size:]).get(TCA_KIND, b"")) or None
+    return rtnetlink.string(rtnetlink.parse_attrs(answer[0][rtnetlink.TCMSG.size:]).get(TCA_KIND, b"")) or None
 
 
 def add_clsact(ifindex):
@@ -132,12 +128,12 @@ def parse_filter(msg):
         if not handle:
             return None
         attrs = rtnetlink.parse_attrs(msg[rtnetlink.TCMSG.size:])
-        f = Filter(info >> 16, handle, _string(attrs.get(TCA_KIND, b"")), _socket.ntohs(info & 0xFFFF),
+        f = Filter(info >> 16, handle, rtnetlink.string(attrs.get(TCA_KIND, b"")), _socket.ntohs(info & 0xFFFF),
                    _U32.unpack(attrs[TCA_CHAIN])[0] if TCA_CHAIN in attrs else 0)
         if f.kind == "bpf":
             options = rtnetlink.parse_attrs(attrs.get(TCA_OPTIONS, b""))
             f.prog_id = _U32.unpack(options[TCA_BPF_ID])[0] if TCA_BPF_ID in options else 0
-            f.name = _string(options.get(TCA_BPF_NAME, b""))
+            f.name = rtnetlink.string(options.get(TCA_BPF_NAME, b""))
             f.flags = _U32.unpack(options[TCA_BPF_FLAGS])[0] if TCA_BPF_FLAGS in options else 0
         return f
     except struct.error:
