@@ -8,8 +8,9 @@ MULTIARCH  := $(shell gcc -print-multiarch 2>/dev/null)
 BPF_CFLAGS := -O2 -g -target bpf -Wall -I/usr/include/$(MULTIARCH) -fdebug-prefix-map=$(CURDIR)=.
 OBJ        := probe/_bytecode/kubenetprobe.bpf.o
 EMPTY_OBJ  := build/empty.bpf.o
+MINIMAL_OBJ := build/minimal_counter.bpf.o
 PYZ        := dist/kubenetprobe.pyz
-APT_PACKAGES := clang llvm gcc libc6-dev libbpf-dev libbpf1 bpftool iproute2 iputils-ping python3-venv ethtool debootstrap procps python3
+APT_PACKAGES := clang llvm gcc libc6-dev libbpf-dev libbpf1 bpftool iproute2 iputils-ping python3-venv ethtool debootstrap procps python3 netsniff-ng prometheus
 TOOLS      := $(CLANG) $(STRIP) gcc bpftool ip ping ethtool debootstrap
 
 .PHONY: all deps ensure-deps build-ebpf build test test-unit test-integration run bench fuzz clean
@@ -33,13 +34,16 @@ ensure-deps:
 
 build-ebpf: $(OBJ)
 
-$(OBJ): bpf/kubenetprobe.bpf.c bpf/kubenetprobe.h
+$(OBJ): bpf/kubenetprobe.bpf.c bpf/kubenetprobe.h bpf/classify.h
 	@mkdir -p $(dir $@)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 	$(STRIP) -g $@
 	cd $(dir $@) && sha256sum $(notdir $@) > $(notdir $@).sha256
 
+# The floors `make bench` measures the probe's programs against: empty programs, and a minimal counter.
 $(EMPTY_OBJ): bpf/empty.bpf.c
+$(MINIMAL_OBJ): tests/bpf/minimal_counter.bpf.c
+$(EMPTY_OBJ) $(MINIMAL_OBJ):
 	@mkdir -p $(dir $@)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 	$(STRIP) -g $@
@@ -63,8 +67,8 @@ test-integration: build $(EMPTY_OBJ)
 run: build
 	$(PYTHON) $(PYZ) $(ARGS)
 
-bench: build $(EMPTY_OBJ)
-	$(VPY) tests/bench.py --pyz $(PYZ) --empty-object $(EMPTY_OBJ)
+bench: build $(EMPTY_OBJ) $(MINIMAL_OBJ)
+	$(VPY) tests/bench.py --pyz $(PYZ) --empty-object $(EMPTY_OBJ) --minimal-object $(MINIMAL_OBJ)
 
 # Fuzz the object readers and `inspect` with atheris for FUZZ_SECONDS (installed into the venv on first use);
 # findings land in build/fuzz/ as crash-* or timeout-* files.
