@@ -1,40 +1,22 @@
 // SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
-/* XDP program: classify every received frame by L3 and L4 protocol, count it, pass it on. */
+/* The probe's programs: XDP on receive, TC on ingress and on egress. Each classifies every frame by L3 and L4
+ * (classify.h), counts it into its direction's slot of the stats map and hands it on unchanged. */
 #include <linux/bpf.h>
-#include <linux/if_ether.h>
-#include <linux/in.h>
-#include <linux/ip.h>
-#include <linux/ipv6.h>
-#include <linux/tcp.h>
-#include <linux/udp.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
 
+#include "classify.h"
 #include "kubenetprobe.h"
 
-#define MAX_VLAN_TAGS 2
-#define MAX_IPV6_EXT_HEADERS 8
-
-#ifndef ETH_P_8021AD
-#define ETH_P_8021AD 0x88A8
+/* Bytes a TC program pulls into an skb's linear data when its headers lie beyond it: enough for two VLAN tags,
+ * IPv6 with a few extension headers, TCP with options. */
+#ifndef KNP_TC_PULL_LEN
+#define KNP_TC_PULL_LEN 256
 #endif
 
-/* Base header sizes of ICMP and ICMPv6 (type, code, checksum, 4 bytes of rest); linux/icmp.h drags in libc. */
-#define ICMP_HDR_LEN 8
-#define ICMPV6_HDR_LEN 8
+#define VLAN_HLEN 4
 
-struct vlan_hdr {
-	__be16 tci;
-	__be16 encapsulated_proto;
-};
-
-/* The first two bytes of every IPv6 extension header. */
-struct ipv6_ext_hdr {
-	__u8 nexthdr;
-	__u8 hdrlen;
-};
-
-/* Per-CPU so that CPUs receiving at once never lose each other's increments. */
+/* Per-CPU so that CPUs counting at once never lose each other's increments. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, KNP_DIR_MAX);
@@ -42,100 +24,18 @@ struct {
 	__type(value, struct knp_stats);
 } knp_stats SEC(".maps");
 
-struct cursor {
-	void *pos;
-	void *end;
-};
-
-/* Return a pointer to the next `len` bytes and step over them, or NULL when the frame is shorter. */
-static __always_inline void *take(struct cursor *c, __u32 len)
+static __always_inline void count(struct knp_counter *counter, __u64 packets, __u64 bytes)
 {
-	void *start = c->pos;
-
-	if (start + len > c->end)
-		return NULL;
-	c->pos = start + len;
-	return start;
-}
-
-/* L4 class of an upper-layer protocol whose base header must be present in full. */
-static __always_inline int classify_l4(struct cursor *c, __u8 proto, int ipv6)
-{
-	switch (proto) {
-	case IPPROTO_TCP:
-		return take(c, sizeof(struct tcphdr)) ? KNP_L4_TCP : KNP_L4_OTHER;
-	case IPPROTO_UDP:
-		return take(c, sizeof(struct udphdr)) ? KNP_L4_UDP : KNP_L4_OTHER;
-	case IPPROTO_ICMP:
-		if (ipv6)
-			return KNP_L4_OTHER;
-		return take(c, ICMP_HDR_LEN) ? KNP_L4_ICMP : KNP_L4_OTHER;
-	case IPPROTO_ICMPV6:
-		if (!ipv6)
-			return KNP_L4_OTHER;
-		return take(c, ICMPV6_HDR_LEN) ? KNP_L4_ICMPV6 : KNP_L4_OTHER;
-	}
-	return KNP_L4_OTHER;
-}
-
-static __always_inline int classify_ipv4(struct cursor *c)
-{
-	struct iphdr *ip = take(c, sizeof(*ip));
-
-	if (!ip || ip->ihl < 5)
-		return KNP_L4_OTHER;
-	/* Step over IP options: the protocol field alone decides, wherever the L4 header starts. */
-	if (!take(c, ip->ihl * 4 - sizeof(*ip)))
-		return KNP_L4_OTHER;
-	return classify_l4(c, ip->protocol, 0);
-}
-
-static __always_inline int classify_ipv6(struct cursor *c)
-{
-	struct ipv6hdr *ip6 = take(c, sizeof(*ip6));
-	struct ipv6_ext_hdr *ext;
-	__u8 next;
-	int i;
-
-	if (!ip6)
-		return KNP_L4_OTHER;
-	next = ip6->nexthdr;
-
-#pragma unroll
-	for (i = 0; i < MAX_IPV6_EXT_HEADERS; i++) {
-		__u32 len;
-
-		switch (next) {
-		case IPPROTO_HOPOPTS:
-		case IPPROTO_ROUTING:
-		case IPPROTO_DSTOPTS:
-		case IPPROTO_FRAGMENT:
-		case IPPROTO_AH:
-			break;
-		default:
-			return classify_l4(c, next, 1);
-		}
-		ext = c->pos;
-		if ((void *)(ext + 1) > c->end)
-			return KNP_L4_OTHER;
-		if (next == IPPROTO_FRAGMENT)
-			len = 8;
-		else if (next == IPPROTO_AH)
-			len = (ext->hdrlen + 2) * 4;
-		else
-			len = (ext->hdrlen + 1) * 8;
-		next = ext->nexthdr;
-		if (!take(c, len))
-			return KNP_L4_OTHER;
-	}
-	/* More extension headers than we walk: unknown upper layer. */
-	return classify_l4(c, next, 1);
-}
-
-static __always_inline void count(struct knp_counter *counter, __u64 bytes)
-{
-	counter->packets++;
+	counter->packets += packets;
 	counter->bytes += bytes;
+}
+
+/* Add `packets` wire frames of `bytes` in all to the frame's l3 counters and, if it is IP, to its l4 counters. */
+static __always_inline void count_class(const struct knp_class *cls, __u64 packets, __u64 bytes)
+{
+	count(cls->l3, packets, bytes);
+	if (cls->l4)
+		count(cls->l4, packets, bytes);
 }
 
 SEC("xdp")
@@ -148,48 +48,74 @@ int kubenetprobe_rx(struct xdp_md *ctx)
 	__u64 bytes = c.end - c.pos;
 	__u32 key = KNP_DIR_RX;
 	struct knp_stats *stats;
-	struct ethhdr *eth;
-	__be16 proto;
-	int l4, i;
+	struct knp_class cls;
 
 	stats = bpf_map_lookup_elem(&knp_stats, &key);
 	if (!stats)
 		return XDP_PASS;
-
-	eth = take(&c, sizeof(*eth));
-	if (!eth) {
-		count(&stats->l3[KNP_L3_OTHER], bytes);
-		return XDP_PASS;
-	}
-	proto = eth->h_proto;
-
-#pragma unroll
-	for (i = 0; i < MAX_VLAN_TAGS; i++) {
-		struct vlan_hdr *vlan;
-
-		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
-			break;
-		vlan = take(&c, sizeof(*vlan));
-		if (!vlan) {
-			count(&stats->l3[KNP_L3_OTHER], bytes);
-			return XDP_PASS;
-		}
-		proto = vlan->encapsulated_proto;
-	}
-
-	if (proto == bpf_htons(ETH_P_IP)) {
-		count(&stats->l3[KNP_L3_IPV4], bytes);
-		l4 = classify_ipv4(&c);
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		count(&stats->l3[KNP_L3_IPV6], bytes);
-		l4 = classify_ipv6(&c);
-	} else {
-		count(&stats->l3[proto == bpf_htons(ETH_P_ARP) ? KNP_L3_ARP : KNP_L3_OTHER], bytes);
-		return XDP_PASS;
-	}
-	if (l4 >= 0 && l4 < KNP_L4_MAX)
-		count(&stats->l4[l4], bytes);
+	knp_classify(&c, 0, stats, &cls);
+	count_class(&cls, 1, bytes);
 	return XDP_PASS;
+}
+
+/* The linear data an skb of this ethertype has with the headers classification reads in it: Ethernet, then IPv4
+ * or IPv6 and the 8 bytes of L4 ICMP needs; for another ethertype (a tag in the data, ARP), as much as Ethernet
+ * and IPv4. The stack's own skbs have that much (egress, forwarded); one from a driver that builds skbs from page
+ * fragments may hold the Ethernet header alone (GRO off), or no L4 header (GRO on, and a protocol GRO does not
+ * parse, such as ICMP). */
+static __always_inline __u32 headers_len(__be16 protocol)
+{
+	if (protocol == bpf_htons(ETH_P_IP))
+		return ETH_HLEN + sizeof(struct iphdr) + 8;
+	if (protocol == bpf_htons(ETH_P_IPV6))
+		return ETH_HLEN + sizeof(struct ipv6hdr) + 8;
+	return ETH_HLEN + sizeof(struct iphdr);
+}
+
+/* Count one skb at a TC hook into the `key` slot, as the wire frames it stands for, and hand it on: TC_ACT_UNSPEC,
+ * never TC_ACT_OK. On a TCX hook (TCX_NEXT) and among cls_bpf filters alike it lets whatever comes after decide,
+ * where TC_ACT_OK would end the hook here and skip them (a CNI's policy programs among them). */
+static __always_inline int count_skb(struct __sk_buff *skb, __u32 key)
+{
+	__u64 linear = (void *)(long)skb->data_end - (void *)(long)skb->data;
+	struct knp_stats *stats;
+	struct knp_class cls;
+	struct cursor c;
+	__u32 tags, segs;
+
+	stats = bpf_map_lookup_elem(&knp_stats, &key);
+	if (!stats)
+		return TC_ACT_UNSPEC;
+	/* Headers outside the linear data would read as a frame cut short: pull them in, as the stack does next on
+	 * ingress. The threshold keeps the pull from the stack's own skbs, whose head it would copy if cloned (TCP's). */
+	if (linear < skb->len && linear < headers_len(skb->protocol))
+		bpf_skb_pull_data(skb, skb->len < KNP_TC_PULL_LEN ? skb->len : KNP_TC_PULL_LEN);
+	/* A tag the NIC or the stack took off into skb->vlan_tci was on the wire: one of the tags allowed. */
+	tags = skb->vlan_present & 1; /* 0 or 1 already: the mask tells the verifier, which then need not fork */
+	/* The data pointers read after the pull, which moves them, whether it happened or not: one path on. */
+	c = (struct cursor){ .pos = (void *)(long)skb->data, .end = (void *)(long)skb->data_end };
+	knp_classify(&c, tags, stats, &cls);
+
+	/* A GSO or GRO skb stands for gso_segs wire frames, each carrying the headers again: skb->len (from the
+	 * Ethernet header on) counts them once, as the kernel's qdisc_pkt_len_init adds the rest. */
+	segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
+	count_class(&cls, segs,
+		    skb->len + (__u64)(segs - 1) * cls.hdr_len + (__u64)segs * tags * VLAN_HLEN);
+	return TC_ACT_UNSPEC;
+}
+
+/* SEC("classifier"), the section name of sched_cls programs that libbpf 0.3 (Debian 11) knows besides 1.x; SEC("tc")
+ * came later. Both hooks take the same programs: through a TCX link or as a cls_bpf filter. */
+SEC("classifier")
+int kubenetprobe_in(struct __sk_buff *skb)
+{
+	return count_skb(skb, KNP_DIR_RX);
+}
+
+SEC("classifier")
+int kubenetprobe_tx(struct __sk_buff *skb)
+{
+	return count_skb(skb, KNP_DIR_TX);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -3,7 +3,7 @@
 #ifndef KUBENETPROBE_H
 #define KUBENETPROBE_H
 
-/* Keys of the stats map: one slot per direction, so egress (TC) can join without a new map. */
+/* Keys of the stats map: one slot per direction. XDP and TC ingress count into rx, TC egress into tx. */
 enum knp_direction {
 	KNP_DIR_RX = 0,
 	KNP_DIR_TX = 1,
@@ -29,7 +29,7 @@ enum knp_l4 {
 
 struct knp_counter {
 	__u64 packets;
-	__u64 bytes; /* frame length: data_end - data */
+	__u64 bytes; /* wire frames' lengths from the Ethernet header on, FCS excluded (XDP: data_end - data) */
 };
 
 /* Value of the per-CPU stats map. Every frame lands in one l3 slot; IP frames also in one l4 slot. */

@@ -9,10 +9,10 @@ import time
 
 import probe
 from probe import layout, log
-from probe.attach import xdp
+from probe.attach import tc, xdp
 from probe.bpf.engine import LOADERS
 from probe.errors import ProbeError
-from probe.monitor import NetworkMonitor
+from probe.monitor import HOOKS, NetworkMonitor
 from probe.net import interfaces
 from probe.output import Printer
 from probe.pins import PinDir
@@ -24,12 +24,14 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 ORIGINAL_LOADERS = {"cilium": "native", "libbpfgo": "libbpf", "embedded": "auto", "object": "auto"}
 
 DESCRIPTION = """\
-Count the packets an interface receives, exactly, with an XDP program in the kernel:
+Count the packets an interface receives (rx) and sends (tx), exactly, with BPF programs in the kernel:
 packets, bytes and rates, broken down by L3 (IPv4, IPv6, ARP) and L4 (TCP, UDP, ICMP) protocol.
+rx is counted at XDP (native, on a NIC's driver) or at TC ingress (veths, or where another XDP program
+is attached: the probe counts beside it), tx at TC egress; both count wire frames, GRO and GSO undone.
 Needs root (or CAP_BPF + CAP_NET_ADMIN). Stop with Ctrl-C: the final report is printed and
-the program detached. Attached through a bpf_link (the default where the kernel has XDP links,
-5.9 and newer), nothing stays attached after the probe exits, even if it is killed; attached through
-netlink (older kernels), a killed probe leaves its program behind: `kubenetprobe detach` removes it."""
+the programs detached. Attached through bpf_links (the default where the kernel has them: XDP 5.9+,
+TCX 6.6+), nothing stays attached after the probe exits, even if it is killed; attached through
+netlink (older kernels), a killed probe leaves its programs behind: `kubenetprobe detach` removes them."""
 
 EPILOG = """\
 examples:
@@ -37,9 +39,10 @@ examples:
   kubenetprobe -i eth0 -i eth1 --interval 5
   kubenetprobe -i eth0 --count 1 --interval 0 --json    one report right after attaching
   kubenetprobe --json | jq .rx.pps
+  kubenetprobe -i eth0 --direction rx --hook xdp    rx only, at XDP (refused if another XDP program is there)
   kubenetprobe --object prog.bpf.o     load a program of your own build; `kill -HUP PID` reloads it
   kubenetprobe --pin /sys/fs/bpf/knp   keep counting after exit; the next run with --pin takes over
-  kubenetprobe detach -i eth0          remove a program a killed probe left behind (netlink only)
+  kubenetprobe detach -i eth0          remove programs a killed probe left behind (netlink only)
   kubenetprobe detach -i eth0 --pin /sys/fs/bpf/knp    end a pinned probe and remove its pins
   kubenetprobe inspect prog.bpf.o      what an object holds, and which loader can load it
 
@@ -88,25 +91,33 @@ def parser():
                    help="seconds between reports (default: 1)")
     p.add_argument("--count", type=_count, metavar="N", help="stop after N reports (default: run until stopped)")
     p.add_argument("--json", action="store_true", help="print one JSON object per interface per report")
+    p.add_argument("--direction", choices=("rx", "tx", "both"), default="both",
+                   help="what to count: received, sent, or both (default)")
+    p.add_argument("--hook", choices=HOOKS, default="auto",
+                   help="where rx is counted: xdp, tc (ingress), or auto: native XDP where the driver has it, "
+                        "the interface is no veth and no other XDP program is attached, else tc (default); "
+                        "tx is always counted at tc egress")
     p.add_argument("--mode", choices=xdp.MODES, default="auto",
-                   help="XDP mode: native (in the driver), generic (in the stack), or auto: native where "
-                        "the driver has it, else generic (default)")
+                   help="XDP mode, for rx at xdp: native (in the driver), generic (in the stack), or auto: "
+                        "native where the driver has it, else generic (default); native or generic implies "
+                        "--hook xdp")
     p.add_argument("--loader", choices=LOADERS,
                    help="what loads the program: libbpf (the system's libbpf.so), native (bpf(2) alone, "
                         "no libbpf needed), or auto: libbpf where it is installed, else native (default: "
                         "$KUBENETPROBE_LOADER, else $EBPF_IMPLEMENTATION, else auto)")
     p.add_argument("--object", metavar="PATH",
-                   help="load the XDP program from this ELF object instead of the embedded one; SIGHUP "
+                   help="load the programs from this ELF object instead of the embedded one; SIGHUP "
                         "reloads it (default: $KUBENETPROBE_OBJECT when $EBPF_IMPLEMENTATION=object)")
     p.add_argument("--pin", metavar="DIR",
                    help="pin the stats map and the link in DIR (on a bpffs; one is mounted at /sys/fs/bpf "
                         "if none is): the program keeps counting after exit and the next run with the "
                         "same DIR takes it over, counters included")
     p.add_argument("--attach", choices=xdp.METHODS, default="auto", dest="method",
-                   help="how to attach: link (a bpf_link, kernel 5.9+, gone when the probe is), netlink "
-                        "(older kernels), or auto: link where the kernel has it, else netlink (default)")
+                   help="how to attach: link (a bpf_link: XDP 5.9+, TCX 6.6+, gone when the probe is), netlink "
+                        "(older kernels: XDP through netlink, TC as a cls_bpf filter on a clsact qdisc), or "
+                        "auto: link where the kernel has it, else netlink (default)")
     p.add_argument("--force", action="store_true",
-                   help="replace an XDP program that is already attached (default: refuse)")
+                   help="with --hook xdp, replace an XDP program that is already attached (default: refuse)")
     p.add_argument("-v", "--verbose", action="store_true", help="say more; on failure, show the traceback and "
                                                                   "libbpf's or the verifier's log")
     p.add_argument("--version", action="version", version="kubenetprobe " + probe.__version__)
@@ -143,11 +154,13 @@ def object_from(environ):
 def detach_parser():
     """The argument parser of `kubenetprobe detach`."""
     p = argparse.ArgumentParser(prog="kubenetprobe detach",
-                                description="Remove the XDP program that a killed kubenetprobe left on an "
-                                            "interface (possible when it attached through netlink).")
+                                description="Remove the programs that a killed kubenetprobe left on an "
+                                            "interface (possible when it attached through netlink, or pinned): its "
+                                            "XDP program, its TC filters and TCX links; nothing else.")
     p.add_argument("-i", "--interface", action="append", metavar="NAME", required=True,
                    help="interface to clean; repeat for several")
-    p.add_argument("--force", action="store_true", help="remove the XDP program even if it is not kubenetprobe's")
+    p.add_argument("--force", action="store_true",
+                   help="remove the XDP program, and the TC filters at the probe's place, even if not kubenetprobe's")
     p.add_argument("--pin", metavar="DIR", help="the --pin DIR of the run to end: its pins are removed too")
     p.add_argument("-v", "--verbose", action="store_true", help="on failure, show the traceback")
     return p
@@ -163,10 +176,13 @@ def run_detach(args):
         removed = xdp.detach(name, layout.OWNER, force=args.force)
         if removed:
             print("detached XDP program %s from %s" % (removed, name))
-        elif unpinned:
+        filters = tc.detach(name, layout.OWNER, force=args.force)
+        for p in filters:
+            print("detached TC %s program id %d (%s) from %s" % (p.direction, p.prog_id, p.name, name))
+        if unpinned and not (removed or filters):
             print("removed the pins of %s" % name)
-        else:
-            raise ProbeError("%s has no XDP program" % name)
+        elif not (removed or filters or unpinned):
+            raise ProbeError("%s has no program of kubenetprobe's" % name)
     return EXIT_OK
 
 
@@ -247,7 +263,8 @@ def _reload(monitor, verbose):
         log.warning("reload failed; the running program stays: %s", e)
         return
     for a in monitor.attachments:
-        log.info("reloaded %s: %s runs program id %d (reload %d)", monitor.source, a.interface, a.program_id,
+        log.info("reloaded %s: %s runs %s (reload %d)", monitor.source, a.interface,
+                 ", ".join("program id %d for %s" % (h.program_id, d) for d, h in sorted(a.hooks.items())),
                  a.reloads)
 
 
@@ -268,7 +285,8 @@ def run(args):
     with NetworkMonitor(loader=args.loader or loader_from(os.environ), pin_dir=args.pin,
                         object_path=args.object or object_from(os.environ)) as monitor:
         for name in names:
-            monitor.attach(name, mode=args.mode, force=args.force, method=args.method)
+            monitor.attach(name, mode=args.mode, force=args.force, method=args.method, hook=args.hook,
+                           directions=("rx", "tx") if args.direction == "both" else (args.direction,))
         reporter = Reporter(monitor)
         done = 0
         due = time.monotonic() + args.interval

@@ -2,7 +2,9 @@
 import struct
 
 OWNER = "kubenetprobe"  # every program's name starts with it, so bpftool says whose it is
-PROGRAM = OWNER + "_rx"
+PROGRAM = OWNER + "_rx"  # XDP, counting rx
+# (direction, hook) -> the program counting it; names stay distinct within the kernel's 15 characters.
+PROGRAMS = {("rx", "xdp"): PROGRAM, ("rx", "tc"): OWNER + "_in", ("tx", "tc"): OWNER + "_tx"}
 STATS_MAP = "knp_stats"
 
 DIRECTIONS = ("rx", "tx")  # enum knp_direction: the map's keys

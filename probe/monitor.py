@@ -1,15 +1,26 @@
 """Attach lifecycle and counters: the probe on a set of interfaces, reloads, pinned state."""
 import os
 
+import errno
+
 from probe import layout, log
-from probe.attach import xdp
+from probe.attach import tc, xdp
+from probe.bpf import syscall
 from probe.bpf.constants import BPF_MAP_TYPE_PERCPU_ARRAY
 from probe.bpf.engine import open_engine
 from probe.bpf.pin import ensure_bpffs
 from probe.bytecode import embedded_object
-from probe.errors import ObjectError, ProbeError
+from probe.errors import KernelError, ObjectError, ProbeError
 from probe.net import interfaces
+from probe.net import link as netlink
 from probe.pins import PinDir
+
+HOOKS = ("auto", "xdp", "tc")
+# Interfaces whose rx auto counts at TC ingress: on a veth, native XDP converts every skb, costing more than
+# TC (and than generic XDP).
+_TC_KINDS = ("veth", "netkit")
+# The kernel's words for "no native XDP in this driver", from a native attach.
+_NO_NATIVE_XDP = (errno.EOPNOTSUPP, errno.EINVAL)
 
 
 def _check_layout(stats_map):
@@ -32,11 +43,12 @@ def check_object(data):
     """Refuse, before loading, an object without the probe's program and stats map, or with another layout."""
     from probe.bpf.spec import read_object  # only objects from files pay for the ELF and BTF readers
     spec = read_object(data)
-    for kind, name, found in (("program", layout.PROGRAM, spec.programs), ("map", layout.STATS_MAP, spec.maps)):
-        if name not in found:
-            raise ObjectError("the object has no %s %s (it has: %s)" % (kind, name, ", ".join(sorted(found)) or
-                                                                     "none"),
-                             hint="build it from this version's bpf/ (make build-ebpf)")
+    programs = sorted(set(layout.PROGRAMS.values()))
+    for kind, names, found in (("program", programs, spec.programs), ("map", [layout.STATS_MAP], spec.maps)):
+        if not set(names) & set(found):
+            raise ObjectError("the object has no %s %s (it has: %s)" % (kind, " or ".join(names),
+                                                                     ", ".join(sorted(found)) or "none"),
+                              hint="build it from this version's bpf/ (make build-ebpf)")
     _check_layout(spec.maps[layout.STATS_MAP])
 
 
@@ -67,39 +79,44 @@ def read_counters(obj, direction="rx"):
     return layout.decode_stats(obj.map(layout.STATS_MAP).lookup(layout.KEY.pack(layout.DIRECTIONS.index(direction))))
 
 
+def _program(obj, direction, hook):
+    """The program of the object that counts `direction` at `hook`."""
+    return obj.program(layout.PROGRAMS[direction, hook])
+
+
 class Attachment(object):
-    """The probe's program on one interface: its own loaded object (so its own counters) and link."""
+    """The probe on one interface: its own loaded object (so its own counters), and a hook per direction."""
 
-    def __init__(self, obj, hook, pins=None):
+    def __init__(self, obj, hooks, pins=None):
         self.object = obj
-        self.link = hook
+        self.hooks = hooks  # {direction: an attachment of probe.attach.xdp or probe.attach.tc}
         self.pins = pins  # a PinDir when the state outlives the probe
-        self.interface = hook.interface
-        self.ifindex = hook.ifindex
-        self.mode = hook.mode
-        self.hook = hook.hook
-        self.method = hook.method
+        first = next(iter(hooks.values()))
+        self.interface = first.interface
+        self.ifindex = first.ifindex
         self.reloads = 0
-
-    @property
-    def program_id(self):
-        return self.link.program_id
 
     def counters(self, direction="rx"):
         """Cumulative counters of one direction since attach."""
         return read_counters(self.object, direction)
 
     def replace_program(self, obj):
-        """Swap in the program of `obj`, loaded onto this attachment's stats map, and let the old one go."""
-        self.link.update(obj.program(layout.PROGRAM).fd)
+        """Swap in the programs of `obj`, loaded onto this attachment's stats map, and let the old ones go."""
+        for direction, hook in sorted(self.hooks.items()):
+            hook.update(_program(obj, direction, hook.hook).fd)
         self.object, old = obj, self.object
         old.close()
         self.reloads += 1
 
     def close(self):
-        """Detach, unless pinned: then the program goes on counting into its pinned map."""
-        self.link.close(keep=self.pins is not None)
-        self.object.close()
+        """Detach, unless pinned: then the programs go on counting into their pinned map."""
+        try:
+            # Last attached, first closed: the hook whose attaching added the clsact qdisc deletes it only once
+            # no filter is left, so it must close after the other.
+            for hook in reversed(list(self.hooks.values())):
+                hook.close(keep=self.pins is not None)
+        finally:
+            self.object.close()
 
 
 class NetworkMonitor(object):
@@ -113,29 +130,81 @@ class NetworkMonitor(object):
             ensure_bpffs(pin_dir)  # before anything is loaded or attached
         self.attachments = []
 
-    def attach(self, interface, mode="auto", force=False, method="auto"):
-        """Load the program and attach it to an interface's XDP hook; returns the Attachment.
+    def attach(self, interface, mode="auto", force=False, method="auto", hook="auto", directions=("rx", "tx")):
+        """Load the programs and attach them to an interface; returns the Attachment.
 
-        mode: "native", "generic" or "auto"; method: "link", "netlink" or "auto" (see probe.attach.xdp).
+        directions: what to count, "rx" and/or "tx". tx is always counted at TC egress. hook says where rx is
+        counted: "xdp", "tc" (ingress), or "auto": native XDP where the driver has it, the interface is no
+        veth and no other XDP program is attached, else TC. mode ("native", "generic", "auto") is XDP's, and
+        asking for native or generic means XDP; method: "link", "netlink" or "auto", at either hook.
         """
         if any(a.interface == interface for a in self.attachments):
             raise ProbeError("%s is named twice" % interface)
-        interfaces.ifindex(interface)  # a typo fails here, before anything is loaded
+        if hook not in HOOKS:
+            raise ProbeError("unknown hook %r" % hook, hint="use one of %s" % ", ".join(HOOKS))
+        index = interfaces.ifindex(interface)  # a typo fails here, before anything is loaded
         pins = PinDir(self.pin_dir, interface) if self.pin_dir else None
         if pins and pins.exists():
             attachment = self._take_over(interface, pins)
         else:
             obj = self._load()
             try:
-                hook = xdp.attach_xdp(obj.program(layout.PROGRAM).fd, interface, mode, force, method)
+                hooks = self._attach_hooks(obj, interface, index, directions, hook, mode, force, method)
             except BaseException:
                 obj.close()
                 raise
-            attachment = Attachment(obj, hook, pins)
+            attachment = Attachment(obj, hooks, pins)
             if pins:
                 self._pin(attachment)
         self.attachments.append(attachment)
         return attachment
+
+    def _attach_hooks(self, obj, interface, index, directions, hook, mode, force, method):
+        """{direction: attachment}, every direction attached or none."""
+        hooks = {}
+        try:
+            for direction in layout.DIRECTIONS:
+                if direction not in directions:
+                    continue
+                if direction == "tx":
+                    hooks[direction] = tc.attach_tc(_program(obj, "tx", "tc").fd, interface, "egress", layout.OWNER,
+                                                    method)
+                else:
+                    hooks[direction] = self._attach_rx(obj, interface, index, hook, mode, force, method)
+        except BaseException:
+            for attached in hooks.values():
+                attached.close()
+            raise
+        return hooks
+
+    def _attach_rx(self, obj, interface, index, hook, mode, force, method):
+        """The rx attachment, at the hook asked for or, for "auto", the one that suits the interface."""
+        if hook == "auto" and mode != "auto":
+            hook = "xdp"
+        if hook == "xdp":
+            return xdp.attach_xdp(_program(obj, "rx", "xdp").fd, interface, mode, force, method)
+        if hook == "auto":
+            why = self._tc_rather_than_xdp(interface, index)
+            if why is None:
+                try:
+                    return xdp.attach_xdp(_program(obj, "rx", "xdp").fd, interface, "native", force, method)
+                except KernelError as e:
+                    if e.errno not in _NO_NATIVE_XDP:
+                        raise
+                    why = "its driver has no native XDP (%s)" % e.message
+            log.debug("%s: counting rx at TC ingress: %s", interface, why)
+        return tc.attach_tc(_program(obj, "rx", "tc").fd, interface, "ingress", layout.OWNER, method)
+
+    @staticmethod
+    def _tc_rather_than_xdp(interface, index):
+        """Why rx should be counted at TC rather than XDP on this interface, or None."""
+        kind = netlink.link_kind(index)
+        if kind in _TC_KINDS:
+            return "it is a %s (XDP on a %s costs more than TC)" % (kind, kind)
+        current = xdp.holder(index)
+        if current is not None:
+            return "its XDP hook holds another program, %s, left in place" % current
+        return None
 
     def _load(self, stats_map_fd=None):
         """Read and load the object (onto an existing stats map, if given), its map checked before any read."""
@@ -154,8 +223,10 @@ class NetworkMonitor(object):
         return obj
 
     def _pin(self, attachment):
+        obj = attachment.object
         try:
-            attachment.pins.pin(attachment.object.map(layout.STATS_MAP).fd, attachment.link.fd)
+            attachment.pins.pin(obj.map(layout.STATS_MAP).fd,
+                                {d: (h, _program(obj, d, h.hook).fd) for d, h in attachment.hooks.items()})
         except Exception:
             attachment.pins.remove()
             attachment.pins = None  # so closing detaches
@@ -163,29 +234,42 @@ class NetworkMonitor(object):
             raise
 
     def _take_over(self, interface, pins):
-        """Adopt what a previous run left pinned: its map (counters and all), its attachment; then swap in
-        this run's program."""
+        """Adopt what a previous run left pinned: its map (counters and all), its hooks; then swap in this
+        run's programs."""
         map_fd = pins.open_map()
         try:
             obj = self._load(map_fd)
         finally:
             os.close(map_fd)
+        hooks = {}
         try:
-            hook = xdp.take_over(interface, layout.OWNER, pins.open_link())
+            for direction, (hook, path, is_link) in sorted(pins.hooks().items()):
+                link_fd = syscall.obj_get(path) if is_link else None
+                if hook == "xdp":
+                    hooks[direction] = xdp.take_over(interface, layout.OWNER, link_fd)
+                else:
+                    hooks[direction] = tc.take_over(interface, "egress" if direction == "tx" else "ingress",
+                                                    layout.OWNER, link_fd)
+            if not hooks:
+                raise ProbeError("the pinned state of %s in %s keeps no hook" % (interface, pins.path),
+                                 hint="remove it with `kubenetprobe detach -i %s --pin DIR`" % interface)
         except BaseException:
+            for attached in hooks.values():
+                attached.close(keep=True)
             obj.close()
             raise
-        attachment = Attachment(obj, hook, pins)
+        attachment = Attachment(obj, hooks, pins)
         try:
-            attachment.link.update(obj.program(layout.PROGRAM).fd)
+            for direction, attached in sorted(hooks.items()):
+                attached.update(_program(obj, direction, attached.hook).fd)
         except ProbeError:
             attachment.close()
             raise
-        log.info("%s: took over the program pinned in %s", interface, pins.path)
+        log.info("%s: took over the programs pinned in %s", interface, pins.path)
         return attachment
 
     def reload(self):
-        """Read the object again and swap its program in on every interface, counters kept; on failure the
+        """Read the object again and swap its programs in on every interface, counters kept; on failure the
         running programs stay."""
         for a in self.attachments:
             obj = self._load(a.object.map(layout.STATS_MAP).fd)
@@ -196,8 +280,8 @@ class NetworkMonitor(object):
                 raise
 
     def packet_stats(self):
-        """{interface: {"rx": counters}} for every attached interface, cumulative since attach."""
-        return {a.interface: {"rx": a.counters("rx")} for a in self.attachments}
+        """{interface: {direction: counters}} for every attached interface, cumulative since attach."""
+        return {a.interface: {d: a.counters(d) for d in sorted(a.hooks)} for a in self.attachments}
 
     def close(self):
         """Detach from every interface."""

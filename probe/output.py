@@ -22,21 +22,31 @@ def _classes(counters, names):
     return "  ".join("%s %d" % (name, counters[name]["packets"]) for name in names)
 
 
+def _where(report, direction):
+    """The hook that counts a direction, with XDP's mode: "xdp native", "tc"."""
+    hook = report["hooks"][direction]
+    return "%s %s" % (hook, report["mode"]) if hook == "xdp" else hook
+
+
 def format_block(report):
     """A report for a person at a terminal."""
-    rx = report["rx"]
-    return "\n".join([
-        "%s  %s (xdp %s)%s" % (report["time"][:19].replace("T", " "), report["interface"], report["mode"],
-                                 "  final" if report["final"] else ""),
-        "  rx  %d packets  %s  %s  %s" % (rx["packets"], human_bytes(rx["bytes"]), human_rate(rx["pps"], "pps"),
-                                          human_rate(rx["bps"], "bit/s")),
-        "  l3  " + _classes(rx["l3"], layout.L3),
-        "  l4  " + _classes(rx["l4"], layout.L4),
-        "",
-    ])
+    lines = ["%s  %s%s" % (report["time"][:19].replace("T", " "), report["interface"],
+                           "  final" if report["final"] else "")]
+    for direction in layout.DIRECTIONS:
+        if direction not in report:
+            continue
+        c = report[direction]
+        lines += [
+            "  %s  %d packets  %s  %s  %s  (%s)" % (direction, c["packets"], human_bytes(c["bytes"]),
+                                                  human_rate(c["pps"], "pps"), human_rate(c["bps"], "bit/s"),
+                                                  _where(report, direction)),
+            "      l3  " + _classes(c["l3"], layout.L3),
+            "      l4  " + _classes(c["l4"], layout.L4),
+        ]
+    return "\n".join(lines + [""])
 
 
-COLUMNS = (["time", "interface", "mode", "packets", "bytes", "pps", "bps"]
+COLUMNS = (["time", "interface", "direction", "hook", "packets", "bytes", "pps", "bps"]
            + ["l3_" + n for n in layout.L3] + ["l4_" + n for n in layout.L4])
 
 
@@ -45,14 +55,19 @@ def format_header():
     return " ".join(COLUMNS)
 
 
-def format_line(report):
-    """A report as one line of exact numbers, for awk and friends."""
-    rx = report["rx"]
-    fields = [report["time"], report["interface"], report["mode"], str(rx["packets"]), str(rx["bytes"]),
-              "%.1f" % rx["pps"], "%.1f" % rx["bps"]]
-    fields += [str(rx["l3"][n]["packets"]) for n in layout.L3]
-    fields += [str(rx["l4"][n]["packets"]) for n in layout.L4]
-    return " ".join(fields)
+def format_lines(report):
+    """A report as one line of exact numbers per direction, for awk and friends."""
+    lines = []
+    for direction in layout.DIRECTIONS:
+        if direction not in report:
+            continue
+        c = report[direction]
+        fields = [report["time"], report["interface"], direction, _where(report, direction).replace(" ", "-"),
+                  str(c["packets"]), str(c["bytes"]), "%.1f" % c["pps"], "%.1f" % c["bps"]]
+        fields += [str(c["l3"][n]["packets"]) for n in layout.L3]
+        fields += [str(c["l4"][n]["packets"]) for n in layout.L4]
+        lines.append(" ".join(fields))
+    return lines
 
 
 def format_json(report):
@@ -81,7 +96,7 @@ class Printer(object):
                 if not self._header_done:
                     lines.append(format_header())
                     self._header_done = True
-                lines.append(format_line(report))
+                lines += format_lines(report)
         if lines:
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()

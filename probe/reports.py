@@ -17,7 +17,11 @@ class Reporter(object):
         self.monitor = monitor
         now = time.monotonic()
         # Counters may not start at zero (pinned state taken over): rates count from here.
-        self._previous = {a.interface: (now, a.counters("rx")) for a in monitor.attachments}
+        self._previous = {a.interface: (now, self._counters(a)) for a in monitor.attachments}
+
+    @staticmethod
+    def _counters(attachment):
+        return {d: attachment.counters(d) for d in sorted(attachment.hooks)}
 
     def reports(self, final=False):
         """One report per interface, in the JSON shape the CLI prints."""
@@ -25,24 +29,33 @@ class Reporter(object):
         wall = time.time()
         out = []
         for a in self.monitor.attachments:
-            rx = a.counters("rx")
+            counters = self._counters(a)
             before_time, before = self._previous[a.interface]
-            seconds = now - before_time
-            rx["pps"] = _rate(rx["packets"], before["packets"], seconds)
-            rx["bps"] = _rate(8 * rx["bytes"], 8 * before["bytes"], seconds)
-            self._previous[a.interface] = (now, rx)
-            out.append({
+            self._previous[a.interface] = (now, counters)
+            rx = a.hooks.get("rx")
+            report = {
                 "time": _iso_utc(wall),
                 "interface": a.interface,
                 "ifindex": a.ifindex,
-                "hook": a.hook,
-                "mode": a.mode,
+                "hook": rx and rx.hook,  # hook, mode, attach and program_id: the rx side's
+                "mode": rx and rx.mode,
                 "loader": self.monitor.engine.name,
-                "attach": a.method,
-                "program_id": a.program_id,
+                "attach": rx and rx.method,
+                "program_id": rx and rx.program_id,
+                "hooks": {d: h.hook for d, h in a.hooks.items()},
+                "program_ids": {d: h.program_id for d, h in a.hooks.items()},
                 "reloads": a.reloads,
                 "final": final,
-                "rx": {"packets": rx["packets"], "bytes": rx["bytes"], "pps": rx["pps"], "bps": rx["bps"],
-                       "l3": rx["l3"], "l4": rx["l4"]},
-            })
+            }
+            for direction, now_counts in sorted(counters.items()):
+                report[direction] = _with_rates(now_counts, before[direction], now - before_time)
+            out.append(report)
         return out
+
+
+def _with_rates(counts, before, seconds):
+    """A direction's counters with pps and bps over the last interval, in the report's key order."""
+    return {"packets": counts["packets"], "bytes": counts["bytes"],
+            "pps": _rate(counts["packets"], before["packets"], seconds),
+            "bps": _rate(8 * counts["bytes"], 8 * before["bytes"], seconds),
+            "l3": counts["l3"], "l4": counts["l4"]}

@@ -2,7 +2,8 @@
 """`make bench`: what the probe costs per packet, at start, in memory and on disk. It reports; it never asserts.
 
 Run as root. Every figure is measured in this one run, beside a floor measured the same way:
-  1. the XDP program per packet (BPF_PROG_TEST_RUN) beside an empty XDP_PASS program;
+  1. the XDP program and the TC programs (ingress, egress) per packet (BPF_PROG_TEST_RUN), each beside an empty
+     program and a minimal counter of its hook (one map lookup, Ethernet and IPv4 checked, two increments);
   2. start to first report of the .pyz beside `python -c pass` and a bare script that only loads the object
      through libbpf, on a veth in a network namespace this script creates and removes;
   3. peak RSS of those runs;
@@ -31,13 +32,19 @@ sys.path.insert(0, ROOT)
 from frames import ETH_IP, ETH_IPV6, HOPOPTS, TCP, UDP, ether, ipv4, ipv6_chain, tcp, udp  # noqa: E402
 from probe import layout  # noqa: E402
 from probe.attach import xdp  # noqa: E402
+from probe.bpf.constants import BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP  # noqa: E402
 from probe.bytecode import embedded_object  # noqa: E402
 from probe.errors import ProbeError  # noqa: E402
 from probe.bpf.libbpf import LibbpfEngine  # noqa: E402
 from probe.bpf.native import NativeEngine  # noqa: E402
 
 OBJECT_FILE = os.path.join(ROOT, "probe", "_bytecode", "kubenetprobe.bpf.o")
-XDP_PASS = 2
+XDP_PASS, TC_ACT_OK, TC_ACT_UNSPEC = 2, 0, 0xFFFFFFFF  # TC_ACT_UNSPEC (-1) as the test run's u32 retval
+# The probe's programs measured: (hook, layout.PROGRAMS key, program type of its floors, verdicts that let a
+# packet through).
+HOOKS = (("XDP", ("rx", "xdp"), BPF_PROG_TYPE_XDP, (XDP_PASS,)),
+         ("TC ingress", ("rx", "tc"), BPF_PROG_TYPE_SCHED_CLS, (TC_ACT_OK, TC_ACT_UNSPEC)),
+         ("TC egress", ("tx", "tc"), BPF_PROG_TYPE_SCHED_CLS, (TC_ACT_OK, TC_ACT_UNSPEC)))
 KB, MB = 1000, 1000 * 1000
 CLONE_NEWNET = 0x40000000
 VETH, PEER = "knpb0", "knpb1"
@@ -46,6 +53,7 @@ RUN_TIMEOUT = 60.0  # seconds one timed command may take before the timer kills 
 # name: (limit, unit); "value <= limit" is "ok".
 TARGETS = {
     "program": (1.15, "x empty"),
+    "minimal": (1.1, "x minimal"),
     "start": (1.5, "x bare load"),
     "rss": (25.0, "MB"),
     "size": (100.0, "KB"),
@@ -159,42 +167,51 @@ FRAMES = (("IPv4/UDP", ipv4_udp_frame()), ("IPv6/HBH/TCP", ipv6_hopopts_tcp_fram
 
 # ---- 1. per packet -----------------------------------------------------------------------------------------
 
-def interleaved_test_runs(programs, frame, rounds, repeat):
-    """Mean ns per run of each {role: (object, program name)}, in rounds whose order alternates; {role: [ns...]}."""
+def interleaved_test_runs(programs, frame, rounds, repeat, passes):
+    """Mean ns per run of each {role: (object, program name)}, in rounds whose order alternates; {role: [ns...]}.
+    Every run must return one of the verdicts `passes`."""
     roles = list(programs)
     results = {role: [] for role in roles}
     for r in range(rounds):
         for role in (roles if r % 2 == 0 else roles[::-1]):
             obj, name = programs[role]
             retval, ns = obj.program(name).test_run(frame, repeat)
-            if retval != XDP_PASS:
-                raise RuntimeError("%s returned %d, not XDP_PASS, on a %d-byte frame" % (name, retval, len(frame)))
+            if retval not in passes:
+                raise RuntimeError("%s returned %d, which does not pass a %d-byte frame" % (name, retval, len(frame)))
             results[role].append(ns)
     return results
 
 
-def only_program(obj, path):
-    """The name of the one program in an object."""
-    if len(obj.programs) != 1:
-        names = ", ".join(sorted(obj.programs)) or "none"
-        raise RuntimeError("%s should hold one program; it has %s" % (path, names))
-    return next(iter(obj.programs))
+def program_of_type(obj, path, prog_type):
+    """The name of the one program of a type in an object."""
+    names = [name for name, program in obj.programs.items() if program.info().type == prog_type]
+    if len(names) != 1:
+        raise RuntimeError("%s should hold one program of type %d; it has %s" % (path, prog_type,
+                                                                                ", ".join(sorted(names)) or "none"))
+    return names[0]
 
 
-def measure_program(engine, empty_object, rounds, repeat):
-    """Per-packet cost of the probe's program beside the empty one, for each test frame."""
-    rows = []
-    with engine.load_bytes(embedded_object()) as probe_obj, engine.load_file(empty_object) as empty_obj:
-        programs = {"program": (probe_obj, layout.PROGRAM),
-                    "empty": (empty_obj, only_program(empty_obj, empty_object))}
-        for label, frame in FRAMES:
-            runs = interleaved_test_runs(programs, frame, rounds, repeat)
-            probe_ns, empty_ns = statistics.median(runs["program"]), statistics.median(runs["empty"])
-            rows.append({"frame": label, "frame_bytes": len(frame), "program_ns": probe_ns, "empty_ns": empty_ns,
-                         "difference_ns": probe_ns - empty_ns, "ratio": probe_ns / empty_ns,
-                         "program_rounds_ns": runs["program"], "empty_rounds_ns": runs["empty"]})
-    return {"repeat": repeat, "rounds": rounds, "program": layout.PROGRAM, "empty": programs["empty"][1],
-            "frames": rows}
+def measure_programs(engine, empty_object, minimal_object, rounds, repeat):
+    """Per-packet cost of each of the probe's programs beside its hook's empty program and minimal counter, for
+    each test frame."""
+    hooks = []
+    with engine.load_bytes(embedded_object()) as probe_obj, engine.load_file(empty_object) as empty_obj, \
+            engine.load_file(minimal_object) as minimal_obj:
+        for hook, key, prog_type, passes in HOOKS:
+            programs = {"program": (probe_obj, layout.PROGRAMS[key]),
+                        "empty": (empty_obj, program_of_type(empty_obj, empty_object, prog_type)),
+                        "minimal": (minimal_obj, program_of_type(minimal_obj, minimal_object, prog_type))}
+            rows = []
+            for label, frame in FRAMES:
+                runs = interleaved_test_runs(programs, frame, rounds, repeat, passes)
+                ns = {role: statistics.median(runs[role]) for role in programs}
+                rows.append({"frame": label, "frame_bytes": len(frame), "program_ns": ns["program"],
+                             "empty_ns": ns["empty"], "minimal_ns": ns["minimal"],
+                             "ratio": ns["program"] / ns["empty"], "minimal_ratio": ns["program"] / ns["minimal"],
+                             "rounds_ns": runs})
+            hooks.append({"hook": hook, "program": programs["program"][1], "empty": programs["empty"][1],
+                          "minimal": programs["minimal"][1], "frames": rows})
+    return {"repeat": repeat, "rounds": rounds, "hooks": hooks}
 
 
 # ---- 5. load to attached, per engine ----------------------------------------------------------------------
@@ -391,7 +408,11 @@ def check(target, value, what):
 
 def evaluate_targets(figures):
     """Every target check the figures allow."""
-    checks = [check("program", f["ratio"], "program / empty, " + f["frame"]) for f in figures["program"]["frames"]]
+    checks = []
+    for h in figures["program"]["hooks"]:
+        for f in h["frames"]:
+            checks.append(check("program", f["ratio"], "%s / empty, %s" % (h["hook"], f["frame"])))
+            checks.append(check("minimal", f["minimal_ratio"], "%s / minimal, %s" % (h["hook"], f["frame"])))
     for s in figures["start"]:
         python = "python " + s["version"]
         checks.append(check("start", s["ratios"]["probe_to_bare_load"], "start / bare load, " + python))
@@ -429,11 +450,15 @@ def report_lines(figures):
              "libbpf   %s (%s)" % (m["libbpf"], m["libbpf_file"]),
              "bench    python %s" % m["bench_python"],
              "",
-             "1. XDP program per packet, BPF_PROG_TEST_RUN, repeat %d, %d rounds (the kernel truncates to whole ns)"
+             "1. per packet, BPF_PROG_TEST_RUN, repeat %d, %d rounds (the kernel truncates to whole ns)"
              % (p["repeat"], p["rounds"])]
-    lines += table(["frame", "bytes", p["program"], p["empty"] + " (empty)", "difference", "ratio"],
-                   [[f["frame"], f["frame_bytes"], "%.1f ns" % f["program_ns"], "%.1f ns" % f["empty_ns"],
-                     "%+.1f ns" % f["difference_ns"], "%.2fx" % f["ratio"]] for f in p["frames"]])
+    for h in p["hooks"]:
+        lines += ["%s: %s beside %s (empty) and %s (minimal counter, which counts IPv4 alone)" % (
+            h["hook"], h["program"], h["empty"], h["minimal"])]
+        lines += table(["  frame", "bytes", "probe", "empty", "minimal", "probe/empty", "probe/minimal"],
+                       [["  " + f["frame"], f["frame_bytes"], "%.1f ns" % f["program_ns"], "%.1f ns" % f["empty_ns"],
+                         "%.1f ns" % f["minimal_ns"], "%.2fx" % f["ratio"], "%.2fx" % f["minimal_ratio"]]
+                        for f in h["frames"]])
     for s in figures["start"]:
         lines += ["", "2-3. start and memory, python %s (%s), %d runs, probe: %s"
                   % (s["version"], s["executable"], s["runs"], figures["probe_command"])]
@@ -465,7 +490,10 @@ def parse_args(argv):
     p.add_argument("--pyz", type=os.path.abspath, default=os.path.join(ROOT, "dist", "kubenetprobe.pyz"),
                    help="the zipapp to measure")
     p.add_argument("--empty-object", type=os.path.abspath, default=os.path.join(ROOT, "build", "empty.bpf.o"),
-                   help="ELF object holding one empty XDP_PASS program")
+                   help="ELF object holding an empty program of each hook: XDP and TC")
+    p.add_argument("--minimal-object", type=os.path.abspath,
+                   default=os.path.join(ROOT, "build", "minimal_counter.bpf.o"),
+                   help="ELF object holding a minimal counter of each hook (tests/bpf/minimal_counter.bpf.c)")
     p.add_argument("--command", help="run the probe as INTERPRETER COMMAND... instead of INTERPRETER PYZ, "
                                      "e.g. --command='-m probe' (from the checkout; mind the =)")
     p.add_argument("-m", "--interpreter", action="append",
@@ -501,7 +529,7 @@ def measure(args):
     interpreters = list(map(describe_interpreter, args.interpreter)) if args.interpreter else default_interpreters()
     engine = LibbpfEngine()
     figures = {"machine": machine_facts(engine), "probe_command": " ".join(probe),
-               "program": measure_program(engine, args.empty_object, args.rounds, args.repeat)}
+               "program": measure_programs(engine, args.empty_object, args.minimal_object, args.rounds, args.repeat)}
     with tempfile.TemporaryDirectory(prefix="knpbench-") as tmp:
         scripts = write_scripts(tmp)
         with veth_namespace() as interface:

@@ -11,17 +11,38 @@ def counters(packets_by_l3, bytes_per_packet=100, l4=None):
             "l3": l3, "l4": l4}
 
 
+class FakeHook(object):
+    """One direction's attachment, as probe.attach's have it: the hook, XDP's mode, the method, the program."""
+
+    def __init__(self, hook, mode, method, program_id):
+        self.hook, self.mode, self.method, self.program_id = hook, mode, method, program_id
+
+
+def rx_xdp():
+    return FakeHook("xdp", "generic", "netlink", 42)
+
+
+def rx_tc():
+    return FakeHook("tc", None, "link", 44)
+
+
+def tx_tc():
+    return FakeHook("tc", None, "link", 43)
+
+
 class FakeAttachment(object):
-    """An attachment whose reads hand out the counters queued in `values`, one per read."""
+    """An attachment whose reads of a direction hand out the counters queued in `values[direction]`, one per
+    read; it counts the directions of `hooks` and refuses reads of any other."""
 
-    interface, ifindex, mode, hook, method, program_id, reloads = "eth0", 2, "generic", "xdp", "netlink", 42, 3
+    interface, ifindex, reloads = "eth0", 2, 3
 
-    def __init__(self):
-        self.values = []
+    def __init__(self, hooks):
+        self.hooks = hooks
+        self.values = {direction: [] for direction in hooks}
 
     def counters(self, direction):
-        assert direction == "rx"
-        return self.values.pop(0)
+        assert direction in self.hooks, "read of %s, which is not counted" % direction
+        return self.values[direction].pop(0)
 
 
 class FakeEngine(object):
@@ -29,8 +50,9 @@ class FakeEngine(object):
 
 
 class FakeMonitor(object):
-    """Stands in for NetworkMonitor: an engine named libbpf and one FakeAttachment."""
+    """Stands in for NetworkMonitor: an engine named libbpf and one FakeAttachment, by default counting rx at
+    generic XDP through netlink (program 42) and tx at TC (program 43)."""
 
-    def __init__(self):
+    def __init__(self, hooks=None):
         self.engine = FakeEngine()
-        self.attachments = [FakeAttachment()]
+        self.attachments = [FakeAttachment(hooks if hooks is not None else {"rx": rx_xdp(), "tx": tx_tc()})]

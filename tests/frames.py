@@ -49,9 +49,10 @@ def ipv6_chain(exts, upper, payload=b""):
     return ipv6(kinds[0] if kinds else upper, body + payload)
 
 
-def tcp(payload=b""):
-    """A 20-byte TCP header (SYN), then payload."""
-    return struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 5 << 4, 0x02, 65535, 0, 0) + payload
+def tcp(payload=b"", options=b""):
+    """A TCP header (SYN) of 20 bytes plus `options` (a multiple of 4 bytes), then payload."""
+    offset = 5 + len(options) // 4
+    return struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, offset << 4, 0x02, 65535, 0, 0) + options + payload
 
 
 def udp(payload=b""):

@@ -1,8 +1,12 @@
 """Test hosts: a veth pair between two network namespaces that a test makes and removes, and the probe run there.
 
 The pair is silent: IPv6 is off on both ends and neighbours are static, so the probe's end receives
-exactly the frames a test sends from the peer's end and nothing else.
+exactly the frames a test sends from the peer's end and nothing else, and sends only what it answers (ping,
+TCP, ICMP errors) and what a test sends out of it.
 """
+import collections
+import contextlib
+import ctypes
 import itertools
 import json
 import os
@@ -15,6 +19,10 @@ import frames
 from conftest import PYZ
 
 _serial = itertools.count()
+CLONE_NEWNET = 0x40000000
+
+# A program on one of an interface's hooks: hook "xdp", "ingress" or "egress" (TC), with the program's id and name.
+HookProgram = collections.namedtuple("HookProgram", "hook prog_id name")
 
 # Small programs run inside the peer namespace with its Python; each reads its arguments from argv.
 SEND_FRAMES = """
@@ -151,15 +159,56 @@ class VethPair(object):
         info = json.loads(sh("ip", "-j", "-n", self.probe_ns, "link", "show", self.probe_if).stdout)[0]
         return (info.get("xdp") or {}).get("prog", {}).get("id")
 
-    # Traffic, always from the peer's end towards the probe's.
+    @contextlib.contextmanager
+    def inside(self):
+        """This thread in the probe's namespace for the length of the `with`: interface names, netlink and
+        ifindexes are then that namespace's, as they are for a probe running there."""
+        from probe.bpf.syscall import libc
 
-    def frame(self, ethertype, payload=b"", tags=()):
-        """An Ethernet frame from the peer's end to the probe's (frames.ether with their MACs)."""
+        def setns(fd):
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, "setns: %s" % os.strerror(err))
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            inside = os.open("/run/netns/" + self.probe_ns, os.O_RDONLY)
+            try:
+                setns(inside)
+                try:
+                    yield self
+                finally:
+                    setns(home)
+            finally:
+                os.close(inside)
+        finally:
+            os.close(home)
+
+    def probe_programs(self, ifname=None):
+        """What runs on an interface of the probe's namespace (by default the probe's end), hook by hook in the
+        order it runs: [HookProgram], XDP's as `ip link` shows it, TC's (TCX programs, then cls_bpf filters)
+        as the kernel lists them."""
+        from probe.attach import tc
+        ifname = ifname or self.probe_if
+        info = json.loads(sh("ip", "-j", "-n", self.probe_ns, "link", "show", ifname).stdout)[0]
+        xdp = (info.get("xdp") or {}).get("prog")
+        found = [HookProgram("xdp", xdp["id"], xdp.get("name", ""))] if xdp else []
+        with self.inside():
+            return found + [HookProgram(p.direction, p.prog_id, p.name) for p in tc.programs(ifname)]
+
+    # Traffic from the peer's end towards the probe's (its rx), unless `outgoing` (its tx).
+
+    def frame(self, ethertype, payload=b"", tags=(), outgoing=False):
+        """An Ethernet frame from the peer's end to the probe's, or with `outgoing` from the probe's end to the
+        peer's (frames.ether with their MACs)."""
+        if outgoing:
+            return frames.ether(ethertype, payload, tags, dst=self.peer_mac, src=self.probe_mac)
         return frames.ether(ethertype, payload, tags, dst=self.probe_mac, src=self.peer_mac)
 
-    def send_frames(self, frames):
-        """Send raw Ethernet frames (bytes) out of the peer's interface."""
-        self.run(self.peer_ns, sys.executable, "-c", SEND_FRAMES, self.peer_if, *[f.hex() for f in frames])
+    def send_frames(self, frames, outgoing=False, ifname=None):
+        """Send raw Ethernet frames (bytes) out of the peer's interface; with `outgoing`, out of the probe's
+        (or `ifname` of the probe's namespace), through its TC egress."""
+        ns, ifname = (self.probe_ns, ifname or self.probe_if) if outgoing else (self.peer_ns, self.peer_if)
+        self.run(ns, sys.executable, "-c", SEND_FRAMES, ifname, *[f.hex() for f in frames])
 
     def ping(self, count, size=56):
         """`ping` the probe's address; each request is one 14+20+8+size byte frame."""
@@ -170,10 +219,12 @@ class VethPair(object):
         """Send UDP datagrams of `size` bytes to the probe's address."""
         self.run(self.peer_ns, sys.executable, "-c", SEND_UDP, self.probe_ip, str(port), str(count), str(size))
 
-    def sniff_sent(self):
-        """Start counting the frames the peer sends; call the result to stop and get (packets, bytes)."""
-        sniffer = subprocess.Popen(["ip", "netns", "exec", self.peer_ns, sys.executable, "-c", SNIFF_SENT,
-                                    self.peer_if], stdout=subprocess.PIPE, universal_newlines=True)
+    def sniff_sent(self, outgoing=False):
+        """Start counting the frames the peer sends (with `outgoing`, the probe's end); call the result to stop
+        and get (packets, bytes)."""
+        ns, ifname = (self.probe_ns, self.probe_if) if outgoing else (self.peer_ns, self.peer_if)
+        sniffer = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SNIFF_SENT, ifname],
+                                   stdout=subprocess.PIPE, universal_newlines=True)
         assert sniffer.stdout.readline().strip() == "ready"
 
         def stop():
@@ -218,27 +269,86 @@ def without_libbpf():
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", hide + ' && exec "$@"', "sh"]
 
 
+def _values(args, *names):
+    """The values given to an option (under any of its `names`) in a command line, in order."""
+    return [value for name, value in zip(args, args[1:]) if name in names]
+
+
+def _option(args, name, default):
+    """The value of an option in a command line (its last), or `default`."""
+    return (_values(args, name) or [default])[-1]
+
+
+def run_hooks(args):
+    """The hooks of a veth where a probe run with these arguments counts: rx at "xdp" (--hook xdp, or --mode
+    native or generic) or "ingress" (--hook tc, and auto, as a veth's rx is counted at TC ingress), tx at
+    "egress"."""
+    direction = _option(args, "--direction", "both")
+    xdp = _option(args, "--hook", "auto") == "xdp" or _option(args, "--mode", "auto") != "auto"
+    hooks = []
+    if direction in ("rx", "both"):
+        hooks.append("xdp" if xdp else "ingress")
+    if direction in ("tx", "both"):
+        hooks.append("egress")
+    return hooks
+
+
 class ProbeRun(object):
     """kubenetprobe.pyz running with --json in the probe's namespace."""
 
     def __init__(self, pair, *args, python=sys.executable, pyz=PYZ, env=None, wrapper=()):
         """Start it: `wrapper` is a command prefix run inside the namespace, around the interpreter."""
-        self.pair = pair
+        self._expect(pair, args)
         cmd = ["ip", "netns", "exec", pair.probe_ns] + list(wrapper) + [python, pyz, "--json"] + list(args)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      universal_newlines=True, env=env)
+
+    def _expect(self, pair, args):
+        """What wait_attached() waits for: the interfaces (-i) and hooks of a run with these arguments."""
+        self.pair = pair
         self.reports = []
+        args = list(args)
+        self.interfaces = _values(args, "-i", "--interface") or [pair.probe_if]
+        self.hooks = run_hooks(args)
+        self.programs = None
+
+    def attached(self, replacing=()):
+        """{interface: {hook: program id}} of the probe's programs at the hooks of this run, or None while one is
+        missing, or while one of the program ids in `replacing` is still on one of its interfaces."""
+        from probe.layout import OWNER
+        found = {}
+        for ifname in self.interfaces:
+            programs = self.pair.probe_programs(ifname)
+            if any(p.prog_id in replacing for p in programs):
+                return None
+            ours = {}
+            for p in programs:
+                if p.name.startswith(OWNER):
+                    ours.setdefault(p.hook, p.prog_id)
+            if not all(hook in ours for hook in self.hooks):
+                return None
+            found[ifname] = {hook: ours[hook] for hook in self.hooks}
+        return found
 
     def wait_attached(self, replacing=None, timeout=10):
-        """Wait until the probe's program is on the interface, in place of `replacing` if given."""
+        """Wait until the probe's programs are at every hook of this run on every interface it was given; with
+        `replacing` (a program id, or several), until none of those ids remains there. Then `programs` holds
+        {interface: {hook: program id}} of the probe's programs."""
+        if replacing is None:
+            replacing = ()
+        elif isinstance(replacing, int):
+            replacing = (replacing,)
         deadline = time.time() + timeout
-        while self.pair.xdp_program() in (None, replacing):
+        while True:
+            self.programs = self.attached(tuple(replacing))
+            if self.programs is not None:
+                return self
             if self.proc.poll() is not None:
                 raise AssertionError("probe exited with %s: %s" % (self.proc.returncode, self.proc.stderr.read()))
             if time.time() > deadline:
-                raise AssertionError("probe did not attach within %ss" % timeout)
+                raise AssertionError("probe did not attach within %ss: %s at %s" % (
+                    timeout, ", ".join(self.interfaces), ", ".join(self.hooks)))
             time.sleep(0.02)
-        return self
 
     def stop(self, sig=signal.SIGINT, timeout=10):
         """Signal the probe and collect every report; returns the final report of each interface."""

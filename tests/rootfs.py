@@ -138,7 +138,7 @@ class ChrootProbeRun(ProbeRun):
     """kubenetprobe.pyz running with --json chrooted in a root filesystem, in the probe's namespace."""
 
     def __init__(self, pair, root, *args):
-        self.pair, self.reports = pair, []
+        self._expect(pair, args)
         self.proc = subprocess.Popen(chroot_command(pair, root, "--json", *args), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, universal_newlines=True, env=ENV)
 

@@ -5,7 +5,6 @@ The test's thread enters the probe's namespace (`probe_side`): interface names, 
 that namespace's for the attach layer, as they would be for a probe running there.
 """
 import contextlib
-import ctypes
 import errno
 import json
 import os
@@ -35,7 +34,6 @@ PROGRAM = OWNER + "_count"
 OTHER = "other_count"
 COUNTER = struct.Struct("=QQ")  # struct counter of tc_count.bpf.c: packets, bytes
 TCX = {"ingress": BPF_TCX_INGRESS, "egress": BPF_TCX_EGRESS}
-CLONE_NEWNET = 0x40000000
 METHODS = ("link", "netlink")
 DIRECTIONS = ("ingress", "egress")
 OPPOSITE = {"ingress": "egress", "egress": "ingress"}
@@ -81,24 +79,11 @@ def loader(request):
     return open_engine(request.param)
 
 
-def _setns(fd):
-    if syscall.libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "setns: %s" % os.strerror(err))
-
-
 @pytest.fixture
 def probe_side(pair):
     """The pair, with this thread in the probe's namespace for the length of the test."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    inside = os.open("/run/netns/" + pair.probe_ns, os.O_RDONLY)
-    try:
-        _setns(inside)
+    with pair.inside():
         yield pair
-    finally:
-        _setns(home)
-        os.close(inside)
-        os.close(home)
 
 
 @contextlib.contextmanager

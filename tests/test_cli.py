@@ -11,18 +11,23 @@ def test_defaults():
     args = cli.parser().parse_args([])
     assert (args.interface, args.interval, args.count, args.json, args.mode, args.force) == \
         (None, 1.0, None, False, "auto", False)
+    assert (args.direction, args.hook, args.method) == ("both", "auto", "auto")
 
 
 def test_repeated_interfaces_and_values():
     args = cli.parser().parse_args(["-i", "a", "--interface", "b", "--interval", "0.5", "--count", "3",
-                                    "--mode", "generic", "--force", "--json", "-v"])
+                                    "--mode", "generic", "--force", "--json", "-v", "--direction", "rx",
+                                    "--hook", "xdp"])
     assert args.interface == ["a", "b"] and args.interval == 0.5 and args.count == 3
     assert args.mode == "generic" and args.force and args.json and args.verbose
+    assert (args.direction, args.hook) == ("rx", "xdp")
 
 
 @pytest.mark.parametrize("argv", [["--interval", "-1"], ["--interval", "abc"], ["--interval", "inf"],
                                   ["--interval", "nan"], ["--count", "0"], ["--count", "1.5"],
-                                  ["--mode", "offload"], ["--bogus"]])
+                                  ["--mode", "offload"], ["--bogus"], ["--direction", "in"],
+                                  ["--direction", "rxtx"], ["--hook", "tcx"], ["--hook", "egress"],
+                                  ["--direction"], ["--hook"]])
 def test_bad_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit:
         cli.parser().parse_args(argv)
@@ -34,7 +39,8 @@ def test_help_teaches(capsys):
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["--help"])
     text = capsys.readouterr().out
-    for words in ("NETWORK_INTERFACE", "--count 1 --interval 0", "exit status", "generic"):
+    for words in ("NETWORK_INTERFACE", "--count 1 --interval 0", "exit status", "generic", "--direction {rx,tx,both}",
+                  "--hook {auto,xdp,tc}", "tx is always counted at tc egress", "TC ingress"):
         assert words in text
 
 
@@ -52,8 +58,8 @@ class RecordingMonitor(object):
     def __exit__(self, *exc):
         pass
 
-    def attach(self, name, mode, force, method):
-        self.attached.append((name, mode, force, method))
+    def attach(self, name, mode, force, method, hook, directions):
+        self.attached.append((name, mode, force, method, hook, directions))
         raise ProbeError("stop here")
 
 
@@ -67,7 +73,7 @@ def recording(monkeypatch):
 def test_interface_from_environment(recording, monkeypatch):
     monkeypatch.setenv("NETWORK_INTERFACE", "veth7")
     assert cli.main(["--mode", "native", "--force", "--attach", "netlink"]) == cli.EXIT_FAILURE
-    assert RecordingMonitor.last.attached == [("veth7", "native", True, "netlink")]
+    assert RecordingMonitor.last.attached == [("veth7", "native", True, "netlink", "auto", ("rx", "tx"))]
 
 
 @pytest.mark.parametrize("environ,loader", [
@@ -119,4 +125,18 @@ def test_loader_option_beats_environment(recording, monkeypatch):
 def test_interface_from_default_route(recording, monkeypatch):
     monkeypatch.delenv("NETWORK_INTERFACE", raising=False)
     assert cli.main([]) == cli.EXIT_FAILURE
-    assert RecordingMonitor.last.attached == [("eth-default", "auto", False, "auto")]
+    assert RecordingMonitor.last.attached == [("eth-default", "auto", False, "auto", "auto", ("rx", "tx"))]
+
+
+@pytest.mark.parametrize("argv,hook,directions", [
+    ([], "auto", ("rx", "tx")),
+    (["--direction", "both"], "auto", ("rx", "tx")),
+    (["--direction", "rx"], "auto", ("rx",)),
+    (["--direction", "tx"], "auto", ("tx",)),
+    (["--hook", "xdp"], "xdp", ("rx", "tx")),
+    (["--hook", "tc", "--direction", "rx"], "tc", ("rx",)),
+    (["--direction", "tx", "--hook", "xdp"], "xdp", ("tx",)),  # the monitor decides what rx's hook means to tx
+])
+def test_direction_and_hook_reach_the_monitor(recording, argv, hook, directions):
+    assert cli.main(["-i", "eth3"] + argv) == cli.EXIT_FAILURE
+    assert RecordingMonitor.last.attached == [("eth3", "auto", False, "auto", hook, directions)]

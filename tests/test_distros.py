@@ -70,32 +70,38 @@ def expected_counts(mix, level, classes):
     return counts
 
 
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
 @pytest.mark.parametrize("distro", ALL, ids=ids)
-def test_counts_exactly(distro, root, pair):
+def test_counts_exactly(distro, root, pair, hook):
     """Chrooted in the release, the pyz loads with its libbpf (or natively, without one), counts a known
-    mix of frames exactly, and detaches."""
-    with rootfs.ChrootProbeRun(pair, root, "-i", pair.probe_if, "--interval", "60") as probe:
+    mix of frames exactly both ways, rx at TC ingress (the default on a veth) or at native XDP, and detaches."""
+    with rootfs.ChrootProbeRun(pair, root, "-i", pair.probe_if, "--hook", hook, "--interval", "60") as probe:
         probe.wait_attached(timeout=20)
         mapped = probe.mapped_libbpf()
         mix = frame_mix(pair)
-        # Interleaved, so no class arrives as one burst.
-        pair.send_frames([f for rnd in range(max(t for *_, t in mix)) for f, _, _, t in mix if rnd < t])
+        # Interleaved, so no class arrives as one burst; the same frames sent back out of the probe's end.
+        interleaved = [f for rnd in range(max(t for *_, t in mix)) for f, _, _, t in mix if rnd < t]
+        pair.send_frames(interleaved)
+        pair.send_frames(interleaved, outgoing=True)
         settle()
         final = probe.stop()
     assert probe.returncode == 0, probe.stderr
-    assert pair.xdp_program() is None, "the probe left its program attached"
+    assert pair.probe_programs() == [], "the probe left a program attached"
     if distro.libbpf:
         assert mapped and all(name.startswith(distro.libbpf) for name in mapped), mapped
     else:
         assert mapped == []
     assert final[pair.probe_if]["loader"] == ("libbpf" if distro.libbpf else "native")
-    rx = final[pair.probe_if]["rx"]
-    assert {k: (v["packets"], v["bytes"]) for k, v in rx["l3"].items()} == \
-        expected_counts(mix, "l3", ("ipv4", "ipv6", "arp", "other"))
-    assert {k: (v["packets"], v["bytes"]) for k, v in rx["l4"].items()} == \
-        expected_counts(mix, "l4", ("tcp", "udp", "icmp", "icmpv6", "other"))
-    assert (rx["packets"], rx["bytes"]) == (sum(t for *_, t in mix), sum(len(f) * t for f, _, _, t in mix))
-    assert final[pair.probe_if]["mode"] == "native"
+    for direction in ("rx", "tx"):
+        counted = final[pair.probe_if][direction]
+        assert {k: (v["packets"], v["bytes"]) for k, v in counted["l3"].items()} == \
+            expected_counts(mix, "l3", ("ipv4", "ipv6", "arp", "other")), direction
+        assert {k: (v["packets"], v["bytes"]) for k, v in counted["l4"].items()} == \
+            expected_counts(mix, "l4", ("tcp", "udp", "icmp", "icmpv6", "other")), direction
+        assert (counted["packets"], counted["bytes"]) == \
+            (sum(t for *_, t in mix), sum(len(f) * t for f, _, _, t in mix)), direction
+    assert final[pair.probe_if]["hooks"] == {"rx": hook, "tx": "tc"}
+    assert final[pair.probe_if]["mode"] == ("native" if hook == "xdp" else None)
 
 
 @pytest.mark.parametrize("distro", WITH_LIBBPF, ids=ids)
@@ -110,7 +116,7 @@ def test_release_has_its_python_and_only_its_libbpf(distro, root):
 def test_verbose_shows_libbpfs_messages(distro, root, pair):
     """-v passes libbpf's own log through: proof that the release's libbpf did the loading."""
     result = rootfs.run_pyz(pair, root, "-v", "-i", pair.probe_if, "--count", "1", "--interval", "0", "--json")
-    assert pair.xdp_program() is None
+    assert pair.probe_programs() == []
     assert result.returncode == 0, result.stderr
     assert re.search(r"^kubenetprobe: libbpf: .*loading object", result.stderr, re.M), result.stderr
     assert '"final": true' in result.stdout
@@ -140,7 +146,7 @@ def test_refusals_are_one_line(distro, root, refused_objects, case, pair):
     """Refusals, as each release's libbpf (or the native loader) words them, make the one line that says why."""
     start = REFUSALS[case, "libbpf" if distro.libbpf else "native"]
     result = rootfs.run_pyz(pair, root, "-i", pair.probe_if, "--count", "1", pyz=refused_objects[case])
-    assert pair.xdp_program() is None
+    assert pair.probe_programs() == []
     assert result.returncode == 1
     assert result.stderr.startswith("kubenetprobe: error: " + start), result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr

@@ -113,7 +113,7 @@ def test_not_root(public_pyz, pair, loader):
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("kubenetprobe: error: permission denied")
     assert "run as root" in result.stderr
-    assert pair.xdp_program() is None
+    assert pair.probe_programs() == []
 
 
 @pytest.mark.integration
@@ -156,7 +156,7 @@ def test_damaged_embedded_object(tmp_path, pair):
     result = run_pyz("-i", pair.probe_if, "--count", "1", pyz=pyz, ns=pair.probe_ns)
     assert result.returncode == 1
     assert "the embedded XDP object is damaged (SHA-256 mismatch)" in result.stderr
-    assert pair.xdp_program() is None
+    assert pair.probe_programs() == []
 
 
 @pytest.mark.integration
@@ -184,7 +184,7 @@ def test_verifier_rejection(tmp_path, pair, loader):
     assert "Traceback" in verbose.stderr
     assert "processed" in verbose.stderr and "insns" in verbose.stderr  # the verifier's log itself
     assert verbose.stderr.splitlines()[-1] == result.stderr.strip()
-    assert pair.xdp_program() is None
+    assert pair.probe_programs() == []
 
 
 @pytest.mark.integration
@@ -195,4 +195,4 @@ def test_object_with_another_map_layout(tmp_path, pair):
     assert result.returncode == 1
     assert result.stderr == ("kubenetprobe: error: the object's map knp_stats has another layout: value_size 8, "
                              "not 144; rebuild the object from this version's bpf/ (make build-ebpf)\n")
-    assert pair.xdp_program() is None
+    assert pair.probe_programs() == []

@@ -175,7 +175,7 @@ def test_command_prints_json(built_pyz, objects):
     result = run_pyz("inspect", objects["kubenetprobe.bpf.o"], "--json")
     assert result.returncode == 0 and result.stderr == ""
     info = json.loads(result.stdout)
-    assert [p["name"] for p in info["programs"]] == ["kubenetprobe_rx"]
+    assert sorted(p["name"] for p in info["programs"]) == ["kubenetprobe_in", "kubenetprobe_rx", "kubenetprobe_tx"]
     assert info["maps"][0]["name"] == "knp_stats"
 
 

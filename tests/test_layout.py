@@ -1,5 +1,6 @@
-"""probe/layout.py, the one mirror of bpf/kubenetprobe.h: checked against the object's BTF as bpftool reads it;
-per-CPU values summed by decode_stats, and how many there are (possible_cpus). No privileges."""
+"""probe/layout.py, the one mirror of bpf/kubenetprobe.h: checked against the object's BTF as bpftool reads it,
+its program names against the object's programs; per-CPU values summed by decode_stats, and how many there are
+(possible_cpus). No privileges."""
 import json
 import struct
 import subprocess
@@ -8,7 +9,12 @@ import pytest
 
 from conftest import OBJECT, tool
 from probe import layout
-from probe.bpf import constants, objects
+from probe.bpf import constants, objects, spec
+
+BPF_OBJ_NAME_LEN = 16  # linux/bpf.h: the kernel keeps 15 characters of a program's name
+# hook -> (section, program type): TC programs in SEC("classifier"), which libbpf 0.3 knows and SEC("tc") is not.
+HOOK_SECTIONS = {"xdp": ("xdp", constants.BPF_PROG_TYPE_XDP),
+                 "tc": ("classifier", constants.BPF_PROG_TYPE_SCHED_CLS)}
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +81,33 @@ def test_btf_stats_map_matches_layout(btf):
     assert pointee("max_entries")["nr_elems"] == len(layout.DIRECTIONS)
     assert pointee("key")["size"] == layout.KEY.size
     assert pointee("value") is named(btf, "STRUCT", "knp_stats")
+
+
+def test_btf_functions_are_the_layout_programs(btf):
+    """The object's global functions, its programs, are the ones layout.PROGRAMS names: no more, no fewer."""
+    functions = sorted(t["name"] for t in btf.values() if t["kind"] == "FUNC" and t["linkage"] == "global")
+    assert functions == sorted(layout.PROGRAMS.values())
+
+
+def test_program_names_are_whole_distinct_and_the_owners():
+    """Each name starts with layout.OWNER (how detach finds the probe's programs) and fits the kernel's 15
+    characters, so bpftool shows it whole and no two programs look alike there."""
+    names = list(layout.PROGRAMS.values())
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert name.startswith(layout.OWNER + "_")
+        assert len(name) < BPF_OBJ_NAME_LEN, name
+    assert layout.PROGRAM == layout.PROGRAMS["rx", "xdp"]
+
+
+def test_programs_are_of_their_hooks_type():
+    """Each (direction, hook) of layout.PROGRAMS names a program of the hook's section and type in the object, for
+    a direction the stats map has."""
+    with open(OBJECT, "rb") as f:
+        programs = spec.read_object(f.read()).programs
+    for (direction, hook), name in layout.PROGRAMS.items():
+        assert direction in layout.DIRECTIONS
+        assert (programs[name].section, programs[name].prog_type) == HOOK_SECTIONS[hook]
 
 
 def test_decode_stats_sums_every_cpu():

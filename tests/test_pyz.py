@@ -39,15 +39,19 @@ def interpreters():
 
 
 def count_frames(pair, *args, **kwargs):
-    """Run the pyz with `args`, send 5 frames, and check its final report of the probe's interface."""
-    frame = pair.frame(ETH_LLDP, bytes(46))
+    """Run the pyz with `args`, send 5 frames to the probe's end and 3 from it, and check its final report of the
+    probe's interface."""
+    frame, back = pair.frame(ETH_LLDP, bytes(46)), pair.frame(ETH_LLDP, bytes(46), outgoing=True)
     with ProbeRun(pair, "-i", pair.probe_if, "--interval", "60", *args, **kwargs) as probe:
         probe.wait_attached()
         pair.send_frames([frame] * 5)
+        pair.send_frames([back] * 3, outgoing=True)
         settle()
         final = probe.stop()
     assert probe.returncode == 0, probe.stderr
     assert final[pair.probe_if]["rx"]["l3"]["other"] == {"packets": 5, "bytes": 5 * len(frame)}
+    assert final[pair.probe_if]["tx"]["l3"]["other"] == {"packets": 3, "bytes": 3 * len(back)}
+    assert (final[pair.probe_if]["rx"]["packets"], final[pair.probe_if]["tx"]["packets"]) == (5, 3)
     assert final[pair.probe_if]["loader"] == args[args.index("--loader") + 1]
 
 
@@ -79,15 +83,17 @@ def test_runs_with_read_only_root_and_home(tmp_path, pair):
 @pytest.mark.integration
 def test_picks_the_native_loader_without_libbpf(pair):
     """libbpf made invisible to the pyz alone: auto takes the native loader, says so under -v, counts exactly."""
-    frame = pair.frame(ETH_LLDP, bytes(46))
+    frame, back = pair.frame(ETH_LLDP, bytes(46)), pair.frame(ETH_LLDP, bytes(46), outgoing=True)
     with ProbeRun(pair, "-v", "-i", pair.probe_if, "--interval", "60", wrapper=without_libbpf()) as probe:
         probe.wait_attached()
         pair.send_frames([frame] * 7)
+        pair.send_frames([back] * 2, outgoing=True)
         settle()
         final = probe.stop()[pair.probe_if]
     assert probe.returncode == 0, probe.stderr
     assert final["loader"] == "native"
     assert final["rx"]["l3"]["other"] == {"packets": 7, "bytes": 7 * len(frame)}
+    assert final["tx"]["l3"]["other"] == {"packets": 2, "bytes": 2 * len(back)}
     assert "kubenetprobe: loader auto: libbpf not found" in probe.stderr
     assert "using the native loader" in probe.stderr
 

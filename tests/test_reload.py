@@ -36,12 +36,15 @@ print(sent, flush=True)
 
 
 class Blast(object):
-    """The peer sending frames at the highest rate it can, for as long as the `with` lasts."""
+    """The peer sending frames at the highest rate it can, for as long as the `with` lasts (with `outgoing`,
+    the probe's end)."""
 
-    def __init__(self, pair, frame):
+    def __init__(self, pair, frame, outgoing=False):
         self.pair = pair
-        self.proc = subprocess.Popen(["ip", "netns", "exec", pair.peer_ns, sys.executable, "-c", BLAST,
-                                      pair.peer_if, frame.hex()], stdout=subprocess.PIPE, universal_newlines=True)
+        ns, ifname = (pair.probe_ns, pair.probe_if) if outgoing else (pair.peer_ns, pair.peer_if)
+        self.counter = "tx_packets" if outgoing else "rx_packets"  # of the probe's end
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", BLAST, ifname, frame.hex()],
+                                     stdout=subprocess.PIPE, universal_newlines=True)
         self.sent = None
 
     def __enter__(self):
@@ -54,7 +57,7 @@ class Blast(object):
         return self
 
     def _arrived(self):
-        return self.pair.counters(self.pair.probe_ns, self.pair.probe_if)["rx_packets"]
+        return self.pair.counters(self.pair.probe_ns, self.pair.probe_if)[self.counter]
 
     def __exit__(self, *exc):
         self.proc.terminate()
@@ -78,70 +81,78 @@ def reload(probe, expect="reloaded"):
     return line
 
 
-def frame_for(pair):
-    return pair.frame(ETH_LLDP, bytes(46))
+def frame_for(pair, outgoing=False):
+    return pair.frame(ETH_LLDP, bytes(46), outgoing=outgoing)
 
 
 @pytest.mark.parametrize("loader", ["libbpf", "native"])
 @pytest.mark.parametrize("method", ["link", "netlink"])
 def test_reloads_under_traffic_lose_no_count(pair, object_file, loader, method):
-    """25 reloads while the peer sends as fast as it can: the final count is every frame sent."""
-    frame = frame_for(pair)
+    """25 reloads while both ends send as fast as they can: each direction's final count is every frame sent."""
+    frame, back = frame_for(pair), frame_for(pair, outgoing=True)
     before = pair.counters(pair.probe_ns, pair.probe_if)
     with ProbeRun(pair, "-i", pair.probe_if, "--object", object_file, "--loader", loader, "--attach", method,
                   "--interval", "60") as probe:
-        probe.wait_attached()
-        first_program = pair.xdp_program()
-        with Blast(pair, frame) as blast:
+        first_programs = probe.wait_attached().programs[pair.probe_if]
+        with Blast(pair, frame) as blast, Blast(pair, back, outgoing=True) as blast_back:
             lines = [reload(probe) for _ in range(25)]
         final = probe.stop()[pair.probe_if]
     after = pair.counters(pair.probe_ns, pair.probe_if)
     assert probe.returncode == 0, probe.stderr
-    assert blast.sent >= 100000, "too little traffic to test anything: %d frames" % blast.sent
+    for sent in (blast.sent, blast_back.sent):
+        assert sent >= 100000, "too little traffic to test anything: %d frames" % sent
     assert final["rx"]["packets"] == blast.sent == after["rx_packets"] - before["rx_packets"]
     assert final["rx"]["bytes"] == blast.sent * len(frame)
+    assert final["tx"]["packets"] == blast_back.sent == after["tx_packets"] - before["tx_packets"]
+    assert final["tx"]["bytes"] == blast_back.sent * len(back)
     assert final["reloads"] == 25 and "(reload 25)" in lines[-1]
-    assert final["program_id"] != first_program
-    assert pair.xdp_program() is None
+    assert final["program_id"] == final["program_ids"]["rx"] != first_programs["ingress"]
+    assert final["program_ids"]["tx"] != first_programs["egress"]
+    assert pair.probe_programs() == []
 
 
 def test_reload_of_the_embedded_object(pair):
     with ProbeRun(pair, "-i", pair.probe_if, "--interval", "60") as probe:
-        probe.wait_attached()
-        before = pair.xdp_program()
+        before = probe.wait_attached().programs[pair.probe_if]
         line = reload(probe)
         pair.send_frames([frame_for(pair)] * 4)
+        pair.send_frames([frame_for(pair, outgoing=True)] * 2, outgoing=True)
         settle()
         final = probe.stop()[pair.probe_if]
-    assert "reloaded the embedded object: knp0 runs program id %d (reload 1)" % final["program_id"] in line
-    assert final["program_id"] != before and final["reloads"] == 1
+    ids = final["program_ids"]
+    assert "reloaded the embedded object: knp0 runs program id %d for rx, program id %d for tx (reload 1)" % (
+        ids["rx"], ids["tx"]) in line
+    assert ids["rx"] != before["ingress"] and ids["tx"] != before["egress"] and final["reloads"] == 1
     assert final["rx"]["l3"]["other"]["packets"] == 4
+    assert final["tx"]["l3"]["other"]["packets"] == 2
 
 
 @pytest.mark.parametrize("broken", ["not-elf", "verifier", "layout"])
 def test_broken_object_on_reload_keeps_the_running_program(pair, object_file, tmp_path, broken):
-    """The old program stays attached and counting, the probe says why, and a fixed object reloads."""
+    """The old programs stay attached and counting, the probe says why, and a fixed object reloads."""
     good = open(object_file, "rb").read()
     bad = {"not-elf": lambda: b"\x7fELF but not really",
            "verifier": lambda: compile_bpf(tmp_path, bpf_source("verifier_refuses.bpf.c")).read_bytes(),
            "layout": lambda: compile_bpf(tmp_path, bpf_source("other_layout.bpf.c")).read_bytes()}[broken]()
-    frame = frame_for(pair)
+    frame, back = frame_for(pair), frame_for(pair, outgoing=True)
     with ProbeRun(pair, "-i", pair.probe_if, "--object", object_file, "--interval", "60") as probe:
-        probe.wait_attached()
-        running = pair.xdp_program()
+        running = probe.wait_attached().programs
         pair.send_frames([frame] * 5)
+        pair.send_frames([back] * 1, outgoing=True)
         with open(object_file, "wb") as f:
             f.write(bad)
         line = reload(probe, expect="reload failed; the running program stays: %s: " % object_file)
-        assert pair.xdp_program() == running
+        assert probe.attached() == running
         pair.send_frames([frame] * 7)
+        pair.send_frames([back] * 2, outgoing=True)
         with open(object_file, "wb") as f:
             f.write(good)
         reload(probe)
         pair.send_frames([frame] * 3)
+        pair.send_frames([back] * 4, outgoing=True)
         settle()
         final = probe.stop()[pair.probe_if]
-    assert final["rx"]["packets"] == 15 and final["reloads"] == 1
+    assert final["rx"]["packets"] == 15 and final["tx"]["packets"] == 7 and final["reloads"] == 1
     reasons = {"not-elf": "truncated object: 19 bytes, shorter than an ELF header",
                "verifier": "the verifier rejected the program: ",
                "layout": "the object's map knp_stats has another layout: value_size 8, not 144"}
@@ -150,33 +161,40 @@ def test_broken_object_on_reload_keeps_the_running_program(pair, object_file, tm
 
 @pytest.mark.parametrize("loader", ["libbpf", "native"])
 @pytest.mark.parametrize("method", ["link", "netlink"])
-def test_pinned_state_outlives_the_probe_and_is_taken_over(pair, bpffs, method, loader):
-    """Stop and start the probe during traffic: the second run's final count is everything sent."""
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_pinned_state_outlives_the_probe_and_is_taken_over(pair, bpffs, hook, method, loader):
+    """Stop and start the probe during traffic both ways: the second run's final counts are everything sent."""
     pins = os.path.join(bpffs, "knp")
-    frame = frame_for(pair)
-    options = ["-i", pair.probe_if, "--pin", pins, "--attach", method, "--loader", loader, "--interval", "60"]
+    frame, back = frame_for(pair), frame_for(pair, outgoing=True)
+    options = ["-i", pair.probe_if, "--hook", hook, "--pin", pins, "--attach", method, "--loader", loader,
+               "--interval", "60"]
+    kind = "link" if method == "link" else "prog"
     with contextlib.ExitStack() as runs:
         first = runs.enter_context(ProbeRun(pair, *options))
         first.wait_attached()
-        with Blast(pair, frame) as blast:
+        with Blast(pair, frame) as blast, Blast(pair, back, outgoing=True) as blast_back:
             first_final = first.stop()[pair.probe_if]
             assert first.returncode == 0, first.stderr
             assert "left pinned in %s" % pins in first.stderr
-            kept = pair.xdp_program()
-            assert kept is not None, "a pinned program must stay after the probe exits"
-            for name in ("knp_stats",) + (("link",) if method == "link" else ()):
+            kept = first.attached()
+            assert kept is not None, "pinned programs must stay after the probe exits"
+            names = ["knp_stats", "rx_%s_%s" % (hook, kind), "tx_tc_%s" % kind]
+            assert sorted(os.listdir(os.path.join(pins, pair.probe_if))) == sorted(names)
+            for name in names:
                 st = os.stat(os.path.join(pins, pair.probe_if, name))
                 assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600)
             second = runs.enter_context(ProbeRun(pair, *options))
-            second.wait_attached(replacing=kept)
+            second.wait_attached(replacing=kept[pair.probe_if].values())
         final = second.stop()[pair.probe_if]
     assert second.returncode == 0, second.stderr
-    assert "took over the program pinned in" in second.stderr
+    assert "took over the programs pinned in" in second.stderr
+    assert final["hooks"] == {"rx": hook, "tx": "tc"}
     assert 0 < first_final["rx"]["packets"] < final["rx"]["packets"] == blast.sent
-    assert pair.xdp_program() is not None
+    assert 0 < first_final["tx"]["packets"] < final["tx"]["packets"] == blast_back.sent
+    assert second.attached() is not None
     result = pair.run(pair.probe_ns, sys.executable, PYZ, "detach", "-i", pair.probe_if, "--pin", pins)
     assert result.returncode == 0
-    assert pair.xdp_program() is None
+    assert pair.probe_programs() == []
     assert os.listdir(pins) == []
 
 
@@ -185,7 +203,7 @@ def test_pin_outside_a_bpffs_is_refused(pair, tmp_path):
                       "--count", "1", check=False)
     assert result.returncode == 1
     assert result.stderr.startswith("kubenetprobe: error: %s is not on a bpffs" % (tmp_path / "pins"))
-    assert pair.xdp_program() is None
+    assert pair.probe_programs() == []
 
 
 def test_pin_mounts_a_bpffs_at_sys_fs_bpf(pair):
@@ -194,13 +212,14 @@ def test_pin_mounts_a_bpffs_at_sys_fs_bpf(pair):
                       "sh", sys.executable, PYZ, "-i", pair.probe_if, "--pin", "/sys/fs/bpf/knp", "--count", "1",
                       "--interval", "0", "--json", check=False)
     assert result.returncode == 0, result.stderr
-    report, fs_type, files = result.stdout.splitlines()[0], result.stdout.splitlines()[1], result.stdout.split()[-2:]
+    report, fs_type, files = result.stdout.splitlines()[0], result.stdout.splitlines()[1], result.stdout.split()[-3:]
     assert json.loads(report)["final"] is True
-    assert fs_type == "bpf_fs" and files == ["knp_stats", "link"]
+    assert fs_type == "bpf_fs" and files == ["knp_stats", "rx_tc_link", "tx_tc_link"]
 
 
 @pytest.mark.parametrize("source,reason", [
-    ("missing-program", "the object has no program kubenetprobe_rx (it has: other_name)"),
+    ("missing-program", "the object has no program kubenetprobe_in or kubenetprobe_rx or kubenetprobe_tx (it has: "
+                        "other_name)"),
     ("layout", "the object's map knp_stats has another layout: value_size 8, not 144"),
     ("not-elf", "not an ELF object"),
 ])
@@ -218,4 +237,4 @@ def test_object_without_what_the_probe_needs_is_refused(pair, tmp_path, source, 
     assert result.returncode == 1
     assert result.stderr.startswith("kubenetprobe: error: %s: " % path), result.stderr
     assert reason in result.stderr and len(result.stderr.splitlines()) == 1
-    assert pair.xdp_program() is None
+    assert pair.probe_programs() == []

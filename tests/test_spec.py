@@ -76,16 +76,19 @@ def test_stats_map_btf_ids(objspec):
 
 
 def test_program(objspec):
-    assert sorted(objspec.programs) == [layout.PROGRAM]
-    prog = objspec.programs[layout.PROGRAM]
-    assert (prog.name, prog.section, prog.offset) == (layout.PROGRAM, "xdp", 0)
-    assert prog.prog_type == constants.BPF_PROG_TYPE_XDP == 6
-    assert prog.instructions and len(prog.instructions) % 8 == 0
-    assert prog.map_relocations
-    for index, name in prog.map_relocations:
-        assert name == layout.STATS_MAP
-        assert prog.instructions[index * 8] == constants.BPF_LD_IMM64
-        assert (index + 2) * 8 <= len(prog.instructions)
+    assert sorted(objspec.programs) == sorted(layout.PROGRAMS.values())
+    assert objspec.programs[layout.PROGRAM].offset == 0
+    sections = {"xdp": ("xdp", constants.BPF_PROG_TYPE_XDP), "tc": ("classifier", constants.BPF_PROG_TYPE_SCHED_CLS)}
+    for (_, hook), name in layout.PROGRAMS.items():
+        prog = objspec.programs[name]
+        assert prog.name == name
+        assert (prog.section, prog.prog_type) == sections[hook]
+        assert prog.instructions and len(prog.instructions) % 8 == 0
+        assert prog.map_relocations
+        for index, map_name in prog.map_relocations:
+            assert map_name == layout.STATS_MAP
+            assert prog.instructions[index * 8] == constants.BPF_LD_IMM64
+            assert (index + 2) * 8 <= len(prog.instructions)
 
 
 def test_license_and_btf_sections(objspec, data):
@@ -260,7 +263,7 @@ def test_btf_header_lying_about_lengths(data):
     for field, what in ((12, "type section"), (20, "string section")):  # type_len, str_len
         patched = bytearray(data)
         length = struct.unpack_from("<I", patched, start + field)[0]
-        struct.pack_into("<I", patched, start + field, length + 1000)
+        struct.pack_into("<I", patched, start + field, length + end - start)  # past the end, whatever the size
         message = probe_error(spec.read_object, bytes(patched))
         assert "malformed BTF: %s" % what in message and "runs past the end" in message
 
@@ -383,7 +386,8 @@ def test_big_endian_object(tmp_path, objspec):
         assert repr(s.maps[name]) == repr(m)
     for name, p in objspec.programs.items():
         assert s.programs[name].map_relocations == p.map_relocations
-        assert len(s.programs[name].instructions) == len(p.instructions)
+        # Not as many instructions as little-endian: clang may compile byte-order dependent code differently.
+        assert s.programs[name].instructions and len(s.programs[name].instructions) % 8 == 0
     fixed = btf.parse_btf(s.btf)
     assert fixed.byteorder == ">"
     assert fixed.find(".maps", btf.BTF_KIND_DATASEC).size == 32

@@ -37,7 +37,7 @@ class Holder(object):
 
     def remove(self):
         """Take the program off the hook: detach its bpf_link, or unset it through netlink."""
-        if not syscall.detach_xdp_links(self.ifindex):
+        if not syscall.detach_xdp_links(self.ifindex, self.prog_id):
             netlink.xdp_detach(self.ifindex, _MODE_FLAGS.get(self.mode, 0))
 
 

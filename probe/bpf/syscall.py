@@ -305,9 +305,13 @@ def link_fd_by_id(link_id):
     return bpf(BPF_LINK_GET_FD_BY_ID, GetIdAttr(id=link_id))
 
 
-def detach_xdp_links(ifindex):
-    """Detach the XDP bpf_links on an interface, any process's (their fds stay open but defunct); returns
-    how many there were."""
+def detach_xdp_links(ifindex, prog_id):
+    """Detach the XDP bpf_links that run program `prog_id` on interface `ifindex`, any process's (their fds
+    stay open but defunct); returns how many there were.
+
+    A link says its ifindex but not its network namespace: the program id, read from this namespace's
+    interface, keeps a namesake interface in another namespace out of it.
+    """
     detached = 0
     attr = GetIdAttr(id=0)
     while True:
@@ -324,7 +328,7 @@ def detach_xdp_links(ifindex):
             continue  # gone meanwhile
         try:
             info = link_info(fd)
-            if info.type == BPF_LINK_TYPE_XDP and info.ifindex == ifindex:
+            if info.type == BPF_LINK_TYPE_XDP and info.ifindex == ifindex and info.prog_id == prog_id:
                 link_detach(fd)
                 detached += 1
         finally:
