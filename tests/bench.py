@@ -37,6 +37,7 @@ from probe.bytecode import embedded_object  # noqa: E402
 from probe.errors import ProbeError  # noqa: E402
 from probe.bpf.libbpf import LibbpfEngine  # noqa: E402
 from probe.bpf.native import NativeEngine  # noqa: E402
+import linerate  # noqa: E402
 
 OBJECT_FILE = os.path.join(ROOT, "probe", "_bytecode", "kubenetprobe.bpf.o")
 XDP_PASS, TC_ACT_OK, TC_ACT_UNSPEC = 2, 0, 0xFFFFFFFF  # TC_ACT_UNSPEC (-1) as the test run's u32 retval
@@ -57,6 +58,7 @@ TARGETS = {
     "start": (1.5, "x bare load"),
     "rss": (25.0, "MB"),
     "size": (100.0, "KB"),
+    "line_rate": (3.0, "% of line rate"),
 }
 
 # The floor the probe's start is measured against: start Python, open libbpf, load the same object; no more.
@@ -419,6 +421,8 @@ def evaluate_targets(figures):
         checks.append(check("rss", s["commands"]["probe"]["peak_rss_mb"], "peak RSS, " + python))
     if figures["size"]:
         checks.append(check("size", figures["size"]["bytes"] / KB, "size of " + figures["size"]["file"]))
+    for h in figures.get("line_rate", {}).get("hooks", ()):
+        checks.append(check("line_rate", h["cpu_overhead_percent"], "line-rate cost over empty, " + h["hook"]))
     return checks
 
 
@@ -475,6 +479,8 @@ def report_lines(figures):
     lines += ["", "5. load to attached (object bytes -> program on the veth), %d interleaved rounds"
               % len(next(iter(engines.values()))["rounds_ms"])]
     lines += table(["loader", "median"], [[name, "%.1f ms" % e["median_ms"]] for name, e in engines.items()])
+    if "line_rate" in figures:
+        lines += ["", "6. " + "\n".join(linerate.report_lines(figures["line_rate"]))]
     lines += ["", "targets (informational; the exit status ignores them)"]
     lines += table(["measure", "value", "target", "status"],
                    [[c["what"], "%.2f %s" % (c["value"], c["unit"]), "<= %g %s" % (c["limit"], c["unit"]),
@@ -502,6 +508,9 @@ def parse_args(argv):
     p.add_argument("--repeat", type=int, default=1000000, help="BPF_PROG_TEST_RUN repeat (default 1000000)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds of test runs (default 7)")
     p.add_argument("--runs", type=int, default=15, help="interleaved runs of each start command (default 15)")
+    p.add_argument("--line-rate-rounds", type=int, default=5,
+                   help="interleaved rounds of the line-rate flood (default 5; 0 leaves it out: it takes ~2 min)")
+    p.add_argument("--line-rate-seconds", type=float, default=2.0, help="seconds of each line-rate window")
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
     return p.parse_args(argv)
 
@@ -536,6 +545,9 @@ def measure(args):
             figures["start"] = [measure_interpreter(i, probe, interface, scripts, args.runs) for i in interpreters]
             figures["engines"] = measure_engines(interface, args.runs)
     figures["size"] = size_of(args.pyz)
+    if args.line_rate_rounds:
+        figures["line_rate"] = linerate.measure(args.line_rate_rounds, args.line_rate_seconds, OBJECT_FILE,
+                                                args.empty_object)
     figures["targets"] = evaluate_targets(figures)
     return figures
 
