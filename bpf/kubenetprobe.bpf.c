@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
-/* The probe's programs: XDP on receive, TC on ingress and on egress. Each classifies every frame by L3 and L4
- * (classify.h), counts it into its direction's slot of the stats map and hands it on unchanged. */
+/* The probe's programs: XDP on receive, TC on ingress and on egress. One object serves every interface: each
+ * program classifies every frame by L3 and L4 (classify.h), counts it under its interface's key for its direction
+ * in the stats map and hands it on unchanged. */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
@@ -16,11 +17,14 @@
 
 #define VLAN_HLEN 4
 
-/* Per-CPU so that CPUs counting at once never lose each other's increments. */
+/* Per-CPU so that CPUs counting at once never lose each other's increments; a hash, for any ifindex. Not
+ * preallocated: that would take max_entries values per CPU up front (150 MB on 64 CPUs), where the probe follows
+ * tens or hundreds of interfaces and their keys change only as user space follows or lets go of one. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, KNP_DIR_MAX);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, KNP_MAX_INTERFACES * KNP_DIR_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct knp_key);
 	__type(value, struct knp_stats);
 } knp_stats SEC(".maps");
 
@@ -46,7 +50,7 @@ int kubenetprobe_rx(struct xdp_md *ctx)
 		.end = (void *)(long)ctx->data_end,
 	};
 	__u64 bytes = c.end - c.pos;
-	__u32 key = KNP_DIR_RX;
+	struct knp_key key = { .ifindex = ctx->ingress_ifindex, .direction = KNP_DIR_RX };
 	struct knp_stats *stats;
 	struct knp_class cls;
 
@@ -72,12 +76,13 @@ static __always_inline __u32 headers_len(__be16 protocol)
 	return ETH_HLEN + sizeof(struct iphdr);
 }
 
-/* Count one skb at a TC hook into the `key` slot, as the wire frames it stands for, and hand it on: TC_ACT_UNSPEC,
- * never TC_ACT_OK. On a TCX hook (TCX_NEXT) and among cls_bpf filters alike it lets whatever comes after decide,
- * where TC_ACT_OK would end the hook here and skip them (a CNI's policy programs among them). */
-static __always_inline int count_skb(struct __sk_buff *skb, __u32 key)
+/* Count one skb at a TC hook under its interface's key for `direction`, as the wire frames it stands for, and hand
+ * it on: TC_ACT_UNSPEC, never TC_ACT_OK. On a TCX hook (TCX_NEXT) and among cls_bpf filters alike it lets whatever
+ * comes after decide, where TC_ACT_OK would end the hook here and skip them (a CNI's policy programs among them). */
+static __always_inline int count_skb(struct __sk_buff *skb, __u32 direction)
 {
 	__u64 linear = (void *)(long)skb->data_end - (void *)(long)skb->data;
+	struct knp_key key = { .ifindex = skb->ifindex, .direction = direction };
 	struct knp_stats *stats;
 	struct knp_class cls;
 	struct cursor c;

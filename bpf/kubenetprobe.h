@@ -3,11 +3,22 @@
 #ifndef KUBENETPROBE_H
 #define KUBENETPROBE_H
 
-/* Keys of the stats map: one slot per direction. XDP and TC ingress count into rx, TC egress into tx. */
+/* The directions an interface is counted in: XDP and TC ingress count into rx, TC egress into tx. */
 enum knp_direction {
 	KNP_DIR_RX = 0,
 	KNP_DIR_TX = 1,
 	KNP_DIR_MAX,
+};
+
+/* Interfaces the stats map has room for, each with a key per direction. */
+#define KNP_MAX_INTERFACES 8192
+
+/* Key of the stats map. User space makes both keys of an interface, zeroed, before it attaches a program there,
+ * and deletes them once it lets the interface go: the programs only look keys up, so a frame on an interface
+ * without keys counts nowhere, and an ifindex the kernel hands out again starts at zero. */
+struct knp_key {
+	__u32 ifindex; /* the interface's, in the probe's network namespace */
+	__u32 direction; /* enum knp_direction */
 };
 
 enum knp_l3 {

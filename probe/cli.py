@@ -1,5 +1,6 @@
 """The kubenetprobe command: arguments in, reports out, every failure one line and an exit code."""
 import argparse
+import contextlib
 import errno
 import os
 import select
@@ -8,14 +9,16 @@ import sys
 import time
 
 import probe
-from probe import layout, log
+from probe import layout, log, stats
 from probe.attach import tc, xdp
 from probe.bpf.engine import LOADERS
+from probe.bpf.objects import Map
 from probe.errors import ProbeError
+from probe.follow import Follower, has_pattern
 from probe.monitor import HOOKS, NetworkMonitor
 from probe.net import interfaces
 from probe.output import Printer
-from probe.pins import PinDir
+from probe.pins import PinRoot
 from probe.reports import Reporter
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -85,12 +88,21 @@ def parser():
     p = argparse.ArgumentParser(prog="kubenetprobe", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--interface", action="append", metavar="NAME",
-                   help="interface to watch; repeat for several (default: $NETWORK_INTERFACE, "
-                        "else the default route's interface)")
+                   help="interface to watch, or a shell-style pattern (quoted: -i 'veth*') that also takes "
+                        "matching interfaces as they appear; repeat for several (default: "
+                        "$NETWORK_INTERFACE, else the default route's interface)")
+    p.add_argument("--all", action="store_true",
+                   help="watch every interface but lo, and those that appear while the probe runs")
+    p.add_argument("--exclude", action="append", metavar="PATTERN", default=[],
+                   help="leave out interfaces matching this shell-style pattern; repeatable")
     p.add_argument("--interval", type=_interval, default=1.0, metavar="SECONDS",
                    help="seconds between reports (default: 1)")
     p.add_argument("--count", type=_count, metavar="N", help="stop after N reports (default: run until stopped)")
     p.add_argument("--json", action="store_true", help="print one JSON object per interface per report")
+    p.add_argument("--listen", metavar="[HOST:]PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (and /healthz); HOST defaults "
+                        "to 127.0.0.1 (0.0.0.0 for every address); implies --quiet unless --json")
+    p.add_argument("--quiet", action="store_true", help="print no report per interval (the final one too)")
     p.add_argument("--direction", choices=("rx", "tx", "both"), default="both",
                    help="what to count: received, sent, or both (default)")
     p.add_argument("--hook", choices=HOOKS, default="auto",
@@ -167,23 +179,45 @@ def detach_parser():
 
 
 def run_detach(args):
-    """Remove kubenetprobe's program (and pins) from each interface named."""
-    for name in args.interface:
-        pins = PinDir(args.pin, name) if args.pin else None
-        unpinned = pins is not None and pins.exists()
-        if unpinned:
-            pins.release()
-        removed = xdp.detach(name, layout.OWNER, force=args.force)
-        if removed:
-            print("detached XDP program %s from %s" % (removed, name))
-        filters = tc.detach(name, layout.OWNER, force=args.force)
-        for p in filters:
-            print("detached TC %s program id %d (%s) from %s" % (p.direction, p.prog_id, p.name, name))
-        if unpinned and not (removed or filters):
-            print("removed the pins of %s" % name)
-        elif not (removed or filters or unpinned):
-            raise ProbeError("%s has no program of kubenetprobe's" % name)
+    """Remove kubenetprobe's program (and pins, and keys in the pinned stats map) from each interface named; the
+    stats map's pin goes once no interface is left pinned."""
+    root = PinRoot(args.pin) if args.pin else None
+    try:
+        for name in args.interface:
+            pins = root.interface(name) if root else None
+            unpinned = pins is not None and pins.exists()
+            if unpinned:
+                pins.release()
+                _delete_pinned_keys(root, name)
+            removed = xdp.detach(name, layout.OWNER, force=args.force)
+            if removed:
+                print("detached XDP program %s from %s" % (removed, name))
+            filters = tc.detach(name, layout.OWNER, force=args.force)
+            for p in filters:
+                print("detached TC %s program id %d (%s) from %s" % (p.direction, p.prog_id, p.name, name))
+            if unpinned and not (removed or filters):
+                print("removed the pins of %s" % name)
+            elif not (removed or filters or unpinned):
+                raise ProbeError("%s has no program of kubenetprobe's" % name)
+    finally:
+        if root:
+            root.unpin_map_if_unused()
     return EXIT_OK
+
+
+def _delete_pinned_keys(root, name):
+    """Delete an interface's keys from the pinned stats map, where it still has the map and the interface."""
+    if not root.has_map():
+        return
+    try:
+        index = interfaces.ifindex(name)
+    except ProbeError:
+        return  # gone, and its ifindex with it: its keys stay, zeroed when that ifindex is attached again
+    map_fd = root.open_map()
+    try:
+        stats.delete_keys(Map(map_fd), index)
+    finally:
+        os.close(map_fd)
 
 
 def inspect_parser():
@@ -223,7 +257,7 @@ def run_inspect(args):
 class _Signals(object):
     """Turns SIGINT and SIGTERM into a stop, SIGHUP into a reload, each waking the wait between reports."""
 
-    STOP, RELOAD = "stop", "reload"
+    STOP, RELOAD, OTHER = "stop", "reload", "other"
 
     def __init__(self):
         self.stopped = self.reload = False
@@ -241,11 +275,15 @@ class _Signals(object):
     def _reload(self, signum, frame):
         self.reload = True
 
-    def wait(self, seconds):
-        """Sleep up to `seconds`; STOP or RELOAD when such a signal came, else None."""
+    def wait(self, seconds, other=None):
+        """Sleep up to `seconds`; STOP or RELOAD when such a signal came, OTHER when `other` (something with a
+        fileno) became readable, else None."""
         if not (self.stopped or self.reload) and seconds > 0:
-            if select.select([self._read], [], [], seconds)[0]:
+            readable = select.select([self._read] + ([other] if other is not None else []), [], [], seconds)[0]
+            if self._read in readable:
                 os.read(self._read, 512)
+            elif readable:
+                return self.OTHER
         if self.stopped:
             return self.STOP
         if self.reload:
@@ -277,33 +315,104 @@ def _traceback():
     traceback.print_exc()
 
 
+class _Unlocked(object):
+    """The lock of a run with no thread to keep apart: nothing to take."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_UNLOCKED = _Unlocked()
+
+
+def _choose(args):
+    """(names to attach now, patterns to follow or None for --all, whether to follow): -i names must exist
+    (attaching says so), patterns and --all follow interfaces as they come and go."""
+    if args.all:
+        return [], None, True
+    given = args.interface or [os.environ.get("NETWORK_INTERFACE") or interfaces.default_interface()]
+    patterns = [name for name in given if has_pattern(name)]
+    names = [name for name in given if not has_pattern(name)]
+    return names, names + patterns if patterns else None, bool(patterns)
+
+
 def run(args):
     """Attach to the interfaces, print reports until the count is reached or a signal comes, detach."""
-    names = args.interface or [os.environ.get("NETWORK_INTERFACE") or interfaces.default_interface()]
+    names, patterns, follow = _choose(args)
     signals = _Signals()  # before attaching, so a signal during attach still ends in a detach
     printer = Printer(sys.stdout, json_lines=args.json)
+    quiet = args.quiet or (args.listen and not args.json)
     with NetworkMonitor(loader=args.loader or loader_from(os.environ), pin_dir=args.pin,
                         object_path=args.object or object_from(os.environ)) as monitor:
+        def attach(name):
+            return monitor.attach(name, mode=args.mode, force=args.force, method=args.method, hook=args.hook,
+                                  directions=("rx", "tx") if args.direction == "both" else (args.direction,))
+
         for name in names:
-            monitor.attach(name, mode=args.mode, force=args.force, method=args.method, hook=args.hook,
-                           directions=("rx", "tx") if args.direction == "both" else (args.direction,))
-        reporter = Reporter(monitor)
-        done = 0
-        due = time.monotonic() + args.interval
-        while True:
-            event = signals.wait(due - time.monotonic())
-            if event == signals.RELOAD:
-                _reload(monitor, args.verbose)
-                continue
-            done += 1
-            last = event == signals.STOP or (args.count is not None and done >= args.count)
-            printer.write(reporter.reports(final=last))
-            if last:
+            attach(name)
+        follower = Follower(monitor, patterns, args.exclude, attach) if follow else None
+        with contextlib.ExitStack() as stack:
+            if follower is not None:
+                stack.callback(follower.close)
+                follower.start()
+            reporter = Reporter(monitor)
+            lock = _serve(args.listen, monitor, stack) if args.listen else _UNLOCKED
+            done = 0
+            due = time.monotonic() + args.interval
+            while True:
+                event = signals.wait(due - time.monotonic(), follower)
+                with lock:
+                    if event == signals.RELOAD:
+                        _reload(monitor, args.verbose)
+                        continue
+                    if event == signals.OTHER:
+                        gone = follower.update()
+                        finals = [reporter.report(a, final=True) for a in gone]
+                        for a in gone:
+                            follower.release(a)
+                        if not quiet:
+                            printer.write(finals)
+                        continue
+                    done += 1
+                    last = event == signals.STOP or (args.count is not None and done >= args.count)
+                    reports = reporter.reports(final=last)
+                if not quiet:
+                    printer.write(reports)
+                if not last:
+                    due = max(due + args.interval, time.monotonic())
+                    continue
                 if args.pin:
                     log.info("left pinned in %s, counting; `kubenetprobe detach -i IFACE --pin %s` ends it",
                              args.pin, args.pin)
                 return EXIT_OK
-            due = max(due + args.interval, time.monotonic())
+
+
+def _serve(listen, monitor, stack):
+    """Serve /metrics from a thread of its own until the stack closes; returns the lock that keeps its reads
+    apart from the main loop's changes to the monitor."""
+    import threading
+    from probe.bpf import syscall
+    from probe.metrics import families
+    from probe.prometheus import MetricsServer, format_address, parse_listen, render
+
+    lock = threading.Lock()
+    try:
+        stack.callback(os.close, syscall.enable_run_time_stats())  # the stats stay on while this fd is open
+        run_stats = True
+    except ProbeError as e:
+        log.debug("no BPF run-time statistics (kernel 5.8+): %s", e)
+        run_stats = False
+
+    def metrics():
+        with lock:
+            return render(families(monitor, monitor.packet_stats(), run_stats))
+
+    server = stack.enter_context(MetricsServer(parse_listen(listen), metrics))
+    log.info("serving metrics at http://%s/metrics", format_address(*server.address))
+    return lock
 
 
 def _explain(e):

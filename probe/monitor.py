@@ -3,17 +3,16 @@ import os
 
 import errno
 
-from probe import layout, log
+from probe import layout, log, stats
 from probe.attach import tc, xdp
 from probe.bpf import syscall
-from probe.bpf.constants import BPF_MAP_TYPE_PERCPU_ARRAY
 from probe.bpf.engine import open_engine
 from probe.bpf.pin import ensure_bpffs
 from probe.bytecode import embedded_object
 from probe.errors import KernelError, ObjectError, ProbeError
 from probe.net import interfaces
 from probe.net import link as netlink
-from probe.pins import PinDir
+from probe.pins import PinRoot
 
 HOOKS = ("auto", "xdp", "tc")
 # Interfaces whose rx auto counts at TC ingress: on a veth, native XDP converts every skb, costing more than
@@ -24,9 +23,9 @@ _NO_NATIVE_XDP = (errno.EOPNOTSUPP, errno.EINVAL)
 
 
 def _check_layout(stats_map):
-    """Refuse a stats map (a MapSpec, or the kernel's MapInfo) other than the one layout.py reads."""
-    expected = {"type": BPF_MAP_TYPE_PERCPU_ARRAY, "key_size": layout.KEY.size,
-                "value_size": layout.STATS.size, "max_entries": len(layout.DIRECTIONS)}
+    """Refuse a stats map (a MapSpec, or a Map in the kernel) other than the one layout.py reads."""
+    expected = {"type": layout.STATS_MAP_TYPE, "flags": layout.STATS_MAP_FLAGS, "key_size": layout.KEY.size,
+                "value_size": layout.STATS.size, "max_entries": layout.MAX_ENTRIES}
     differs = ["%s %d, not %d" % (name, getattr(stats_map, name), value)
                for name, value in sorted(expected.items()) if getattr(stats_map, name) != value]
     if differs:
@@ -74,21 +73,17 @@ class ObjectSource(object):
         return self.path or "the embedded object"
 
 
-def read_counters(obj, direction="rx"):
-    """Cumulative counters of one direction from a loaded object's stats map, summed over CPUs."""
-    return layout.decode_stats(obj.map(layout.STATS_MAP).lookup(layout.KEY.pack(layout.DIRECTIONS.index(direction))))
-
-
 def _program(obj, direction, hook):
     """The program of the object that counts `direction` at `hook`."""
     return obj.program(layout.PROGRAMS[direction, hook])
 
 
 class Attachment(object):
-    """The probe on one interface: its own loaded object (so its own counters), and a hook per direction."""
+    """The probe on one interface: a hook per direction, running the monitor's programs, which count under the
+    interface's keys in the monitor's stats map."""
 
-    def __init__(self, obj, hooks, pins=None):
-        self.object = obj
+    def __init__(self, monitor, hooks, pins=None):
+        self.monitor = monitor
         self.hooks = hooks  # {direction: an attachment of probe.attach.xdp or probe.attach.tc}
         self.pins = pins  # a PinDir when the state outlives the probe
         first = next(iter(hooks.values()))
@@ -96,42 +91,60 @@ class Attachment(object):
         self.ifindex = first.ifindex
         self.reloads = 0
 
+    def rename(self, name):
+        """Follow the interface under its new name (the kernel knows it by its index)."""
+        self.interface = name
+        for hook in self.hooks.values():
+            hook.interface = name
+
     def counters(self, direction="rx"):
         """Cumulative counters of one direction since attach."""
-        return read_counters(self.object, direction)
+        return stats.read(self.monitor.stats_map, self.ifindex, direction)
 
-    def replace_program(self, obj):
-        """Swap in the programs of `obj`, loaded onto this attachment's stats map, and let the old ones go."""
+    def replace_programs(self, obj):
+        """Swap in the programs of `obj`, loaded onto the same stats map; the kernel frees the old ones."""
         for direction, hook in sorted(self.hooks.items()):
             hook.update(_program(obj, direction, hook.hook).fd)
-        self.object, old = obj, self.object
-        old.close()
-        self.reloads += 1
 
-    def close(self):
-        """Detach, unless pinned: then the programs go on counting into their pinned map."""
+    def close(self, end=False):
+        """Detach and delete the interface's keys; if pinned, only let go of the hooks, which go on counting,
+        unless `end`: then the pins go first."""
+        keep = self.pins is not None and not end
         try:
+            if self.pins is not None and end:
+                self.pins.release()
             # Last attached, first closed: the hook whose attaching added the clsact qdisc deletes it only once
             # no filter is left, so it must close after the other.
             for hook in reversed(list(self.hooks.values())):
-                hook.close(keep=self.pins is not None)
+                hook.close(keep=keep)
         finally:
-            self.object.close()
+            if not keep:
+                stats.delete_keys(self.monitor.stats_map, self.ifindex)
 
 
 class NetworkMonitor(object):
-    """Counts the packets of interfaces: attach() them, read packet_stats(), close() to detach all."""
+    """Counts the packets of interfaces: attach() them, read packet_stats(), close() to detach all.
+
+    One object serves every interface: loaded at the first attach, its programs attached to each, counting into
+    its one stats map under each interface's keys.
+    """
 
     def __init__(self, engine=None, object_path=None, loader="auto", pin_dir=None):
         self.engine = engine or open_engine(loader)
         self.source = ObjectSource(object_path)
-        self.pin_dir = pin_dir
+        self.pins = PinRoot(pin_dir) if pin_dir else None
         if pin_dir:
             ensure_bpffs(pin_dir)  # before anything is loaded or attached
+        self.object = None  # until the first attach
         self.attachments = []
 
+    @property
+    def stats_map(self):
+        """The map every interface counts into, of the object loaded at the first attach."""
+        return self.object.map(layout.STATS_MAP)
+
     def attach(self, interface, mode="auto", force=False, method="auto", hook="auto", directions=("rx", "tx")):
-        """Load the programs and attach them to an interface; returns the Attachment.
+        """Attach the programs (loaded at the first attach) to an interface; returns the Attachment.
 
         directions: what to count, "rx" and/or "tx". tx is always counted at TC egress. hook says where rx is
         counted: "xdp", "tc" (ingress), or "auto": native XDP where the driver has it, the interface is no
@@ -143,17 +156,18 @@ class NetworkMonitor(object):
         if hook not in HOOKS:
             raise ProbeError("unknown hook %r" % hook, hint="use one of %s" % ", ".join(HOOKS))
         index = interfaces.ifindex(interface)  # a typo fails here, before anything is loaded
-        pins = PinDir(self.pin_dir, interface) if self.pin_dir else None
+        obj = self._loaded()
+        pins = self.pins.interface(interface) if self.pins else None
         if pins and pins.exists():
-            attachment = self._take_over(interface, pins)
+            attachment = self._take_over(interface, index, pins)
         else:
-            obj = self._load()
+            stats.add_keys(self.stats_map, index)  # before any hook: the programs count only under keys there
             try:
                 hooks = self._attach_hooks(obj, interface, index, directions, hook, mode, force, method)
             except BaseException:
-                obj.close()
+                stats.delete_keys(self.stats_map, index)
                 raise
-            attachment = Attachment(obj, hooks, pins)
+            attachment = Attachment(self, hooks, pins)
             if pins:
                 self._pin(attachment)
         self.attachments.append(attachment)
@@ -191,7 +205,7 @@ class NetworkMonitor(object):
                 except KernelError as e:
                     if e.errno not in _NO_NATIVE_XDP:
                         raise
-                    why = "its driver has no native XDP (%s)" % e.message
+                    why = "its driver has no native XDP"
             log.debug("%s: counting rx at TC ingress: %s", interface, why)
         return tc.attach_tc(_program(obj, "rx", "tc").fd, interface, "ingress", layout.OWNER, method)
 
@@ -205,6 +219,19 @@ class NetworkMonitor(object):
         if current is not None:
             return "its XDP hook holds another program, %s, left in place" % current
         return None
+
+    def _loaded(self):
+        """The monitor's object, loaded at the first call: onto the pinned stats map where --pin has one."""
+        if self.object is None:
+            if self.pins and self.pins.has_map():
+                map_fd = self.pins.open_map()
+                try:
+                    self.object = self._load(map_fd)
+                finally:
+                    os.close(map_fd)
+            else:
+                self.object = self._load()
+        return self.object
 
     def _load(self, stats_map_fd=None):
         """Read and load the object (onto an existing stats map, if given), its map checked before any read."""
@@ -223,24 +250,24 @@ class NetworkMonitor(object):
         return obj
 
     def _pin(self, attachment):
-        obj = attachment.object
+        """Pin the stats map, unless pinned already, then the attachment's hooks."""
         try:
-            attachment.pins.pin(obj.map(layout.STATS_MAP).fd,
-                                {d: (h, _program(obj, d, h.hook).fd) for d, h in attachment.hooks.items()})
+            if not self.pins.has_map():
+                self.pins.pin_map(self.stats_map.fd)
+            attachment.pins.pin({d: (h, _program(self.object, d, h.hook).fd)
+                                 for d, h in attachment.hooks.items()})
         except Exception:
             attachment.pins.remove()
             attachment.pins = None  # so closing detaches
             attachment.close()
+            self.pins.unpin_map_if_unused()
             raise
 
-    def _take_over(self, interface, pins):
-        """Adopt what a previous run left pinned: its map (counters and all), its hooks; then swap in this
-        run's programs."""
-        map_fd = pins.open_map()
-        try:
-            obj = self._load(map_fd)
-        finally:
-            os.close(map_fd)
+    def _take_over(self, interface, index, pins):
+        """Adopt the hooks a previous run left pinned, their counters in the pinned stats map kept; then swap in
+        this run's programs."""
+        # Kept, counts and all, where the map is the one pinned; made, zeroed, where it is new (no map was pinned).
+        stats.add_keys(self.stats_map, index, reset=False)
         hooks = {}
         try:
             for direction, (hook, path, is_link) in sorted(pins.hooks().items()):
@@ -256,12 +283,10 @@ class NetworkMonitor(object):
         except BaseException:
             for attached in hooks.values():
                 attached.close(keep=True)
-            obj.close()
             raise
-        attachment = Attachment(obj, hooks, pins)
+        attachment = Attachment(self, hooks, pins)
         try:
-            for direction, attached in sorted(hooks.items()):
-                attached.update(_program(obj, direction, attached.hook).fd)
+            attachment.replace_programs(self.object)
         except ProbeError:
             attachment.close()
             raise
@@ -269,24 +294,49 @@ class NetworkMonitor(object):
         return attachment
 
     def reload(self):
-        """Read the object again and swap its programs in on every interface, counters kept; on failure the
-        running programs stay."""
+        """Read the object again, load it onto the same stats map and swap its programs in on every interface,
+        counters kept. If it does not load, the running programs stay; an interface whose hooks refuse the swap
+        keeps its old programs, counting on, and the first such refusal is raised once every other has swapped."""
+        if self.object is None:
+            return
+        obj = self._load(self.stats_map.fd)
+        self.object, old = obj, self.object
+        refused = []
         for a in self.attachments:
-            obj = self._load(a.object.map(layout.STATS_MAP).fd)
             try:
-                a.replace_program(obj)
-            except ProbeError:
-                obj.close()
-                raise
+                a.replace_programs(obj)
+                a.reloads += 1
+            except ProbeError as e:
+                refused.append(e.wrap(a.interface))
+        old.close()  # the programs some hooks still run stay loaded while attached
+        if refused:
+            raise refused[0]
 
     def packet_stats(self):
-        """{interface: {direction: counters}} for every attached interface, cumulative since attach."""
-        return {a.interface: {d: a.counters(d) for d in sorted(a.hooks)} for a in self.attachments}
+        """{interface: {direction: counters}} for every attached interface, cumulative since attach, read in one
+        walk of the stats map."""
+        if not self.attachments:
+            return {}
+        counted = stats.read_all(self.stats_map, [(a.ifindex, d) for a in self.attachments for d in a.hooks])
+        return {a.interface: {d: counted[a.ifindex, d] for d in sorted(a.hooks)} for a in self.attachments}
+
+    def detach(self, attachment):
+        """Detach from one interface and forget it (a vanished one too: the kernel has taken its hooks): its keys
+        deleted, its pins removed, and the stats map's pin too once no interface is left pinned."""
+        self.attachments.remove(attachment)
+        attachment.close(end=True)
+        if self.pins:
+            self.pins.unpin_map_if_unused()
 
     def close(self):
-        """Detach from every interface."""
-        while self.attachments:
-            self.attachments.pop().close()
+        """Detach from every interface (if pinned, leave them counting) and release the object."""
+        try:
+            while self.attachments:
+                self.attachments.pop().close()
+        finally:
+            if self.object is not None:
+                self.object.close()
+                self.object = None
 
     def __enter__(self):
         return self

@@ -1,5 +1,6 @@
-"""Pinned state, opt-in (--pin DIR): DIR/IFACE/ holds the stats map of one interface and what keeps each
-direction's hook, so the programs keep counting after the probe exits and the next run takes them over."""
+"""Pinned state, opt-in (--pin DIR): DIR/knp_stats, the stats map every interface counts into, and DIR/IFACE/
+with what keeps each direction's hook on that interface, so the programs keep counting after the probe exits and
+the next run takes them over."""
 import errno
 import os
 
@@ -14,44 +15,73 @@ KINDS = ("link", "prog")
 SEPARATOR = "_"
 
 
-class PinDir(object):
-    """The pins of one interface: DIR/IFACE/knp_stats and one pin per attached direction."""
+def _make_dir(path):
+    try:
+        os.makedirs(path, mode=0o700)
+    except OSError as e:
+        if e.errno != errno.EEXIST:
+            raise ProbeError("cannot make %s: %s" % (path, e.strerror), errno=e.errno)
 
-    def __init__(self, root, interface):
-        self.path = os.path.join(root, interface)
-        self.map_path = os.path.join(self.path, layout.STATS_MAP)
 
-    def exists(self):
+def _pin(fd, path):
+    """Pin an object at path, owned by root and readable by root alone."""
+    syscall.obj_pin(fd, path)
+    os.chmod(path, 0o600)
+
+
+class PinRoot(object):
+    """DIR: the stats map's pin, shared by every interface, and a PinDir per interface."""
+
+    def __init__(self, root):
+        self.path = root
+        self.map_path = os.path.join(root, layout.STATS_MAP)
+
+    def interface(self, name):
+        """The pins of one interface."""
+        return PinDir(self.path, name)
+
+    def has_map(self):
         return os.path.exists(self.map_path)
 
     def open_map(self):
         return syscall.obj_get(self.map_path)
 
+    def pin_map(self, map_fd):
+        _make_dir(self.path)
+        _pin(map_fd, self.map_path)
+
+    def unpin_map_if_unused(self):
+        """Unpin the stats map once no interface's pins are left beside it: the kernel frees it with the last fd."""
+        if self.has_map() and not any(os.path.isdir(os.path.join(self.path, name)) for name in os.listdir(self.path)):
+            os.unlink(self.map_path)
+
+
+class PinDir(object):
+    """The pins of one interface: DIR/IFACE/ with one pin per attached direction."""
+
+    def __init__(self, root, interface):
+        self.path = os.path.join(root, interface)
+
+    def exists(self):
+        return os.path.isdir(self.path)
+
     def hooks(self):
         """{direction: (hook, path of its pin, whether that is a link)} of what the pins keep."""
         found = {}
-        for name in sorted(os.listdir(self.path)) if os.path.isdir(self.path) else ():
+        for name in sorted(os.listdir(self.path)) if self.exists() else ():
             parts = name.split(SEPARATOR)
             if len(parts) == 3 and parts[0] in layout.DIRECTIONS and parts[2] in KINDS:
                 found[parts[0]] = (parts[1], os.path.join(self.path, name), parts[2] == "link")
         return found
 
-    def pin(self, map_fd, hooks):
-        """Pin the map and, for each direction, its hook's link (or its program where it has none), owned
-        by root and readable by root alone. `hooks`: {direction: (attachment, program fd)}."""
-        try:
-            os.makedirs(self.path, mode=0o700)
-        except OSError as e:
-            if e.errno != errno.EEXIST:
-                raise ProbeError("cannot make %s: %s" % (self.path, e.strerror), errno=e.errno)
-        pins = [(map_fd, self.map_path)]
+    def pin(self, hooks):
+        """Pin, for each direction, its hook's link (or its program where it has none). `hooks`: {direction:
+        (attachment, program fd)}."""
+        _make_dir(self.path)
         for direction, (attachment, prog_fd) in sorted(hooks.items()):
             kind = "link" if attachment.fd is not None else "prog"
-            pins.append((attachment.fd if kind == "link" else prog_fd,
-                         os.path.join(self.path, SEPARATOR.join((direction, attachment.hook, kind)))))
-        for fd, path in pins:
-            syscall.obj_pin(fd, path)
-            os.chmod(path, 0o600)
+            _pin(attachment.fd if kind == "link" else prog_fd,
+                 os.path.join(self.path, SEPARATOR.join((direction, attachment.hook, kind))))
 
     def release(self):
         """End what the pins keep: detach the pinned links (even if someone else holds them too), then unpin.
@@ -66,10 +96,9 @@ class PinDir(object):
         self.remove()
 
     def remove(self):
-        """Unpin everything; the kernel frees what nothing else holds."""
-        for _, path, _ in self.hooks().values():
-            os.unlink(path)
-        if os.path.exists(self.map_path):
-            os.unlink(self.map_path)
-        if os.path.isdir(self.path):
+        """Unpin everything in the folder (an older version's stats map pinned there too) and remove it; the
+        kernel frees what nothing else holds."""
+        for name in os.listdir(self.path) if self.exists() else ():
+            os.unlink(os.path.join(self.path, name))
+        if self.exists():
             os.rmdir(self.path)

@@ -1,6 +1,10 @@
 """Reports: a monitor's counters turned into one record per interface, with rates since the previous one."""
 import time
 
+from probe import layout
+
+_ZERO = layout.decode_stats([])
+
 
 def _rate(now, before, seconds):
     return (now - before) / seconds if seconds > 0 else 0.0
@@ -15,42 +19,54 @@ class Reporter(object):
 
     def __init__(self, monitor):
         self.monitor = monitor
-        now = time.monotonic()
-        # Counters may not start at zero (pinned state taken over): rates count from here.
-        self._previous = {a.interface: (now, self._counters(a)) for a in monitor.attachments}
+        self._last = time.monotonic()
+        # Counters may not start at zero (pinned state taken over): rates count from here. Keyed by ifindex,
+        # which a rename keeps.
+        counted = monitor.packet_stats()
+        self._previous = {a.ifindex: (self._last, counted[a.interface]) for a in monitor.attachments}
 
     @staticmethod
     def _counters(attachment):
         return {d: attachment.counters(d) for d in sorted(attachment.hooks)}
 
     def reports(self, final=False):
-        """One report per interface, in the JSON shape the CLI prints."""
-        now = time.monotonic()
-        wall = time.time()
-        out = []
-        for a in self.monitor.attachments:
-            counters = self._counters(a)
-            before_time, before = self._previous[a.interface]
-            self._previous[a.interface] = (now, counters)
-            rx = a.hooks.get("rx")
-            report = {
-                "time": _iso_utc(wall),
-                "interface": a.interface,
-                "ifindex": a.ifindex,
-                "hook": rx and rx.hook,  # hook, mode, attach and program_id: the rx side's
-                "mode": rx and rx.mode,
-                "loader": self.monitor.engine.name,
-                "attach": rx and rx.method,
-                "program_id": rx and rx.program_id,
-                "hooks": {d: h.hook for d, h in a.hooks.items()},
-                "program_ids": {d: h.program_id for d, h in a.hooks.items()},
-                "reloads": a.reloads,
-                "final": final,
-            }
-            for direction, now_counts in sorted(counters.items()):
-                report[direction] = _with_rates(now_counts, before[direction], now - before_time)
-            out.append(report)
+        """One report per interface, in the JSON shape the CLI prints, from one read of every counter."""
+        now, wall = time.monotonic(), time.time()
+        counted = self.monitor.packet_stats()
+        out = [self._report(a, final, counted[a.interface], now, wall) for a in self.monitor.attachments]
+        self._last = now
         return out
+
+    def report(self, a, final=False):
+        """The report of one interface, read now; the final one forgets it (its ifindex may come back,
+        another's)."""
+        return self._report(a, final, self._counters(a), time.monotonic(), time.time())
+
+    def _report(self, a, final, counters, now, wall):
+        # An interface attached since the last report started from zero.
+        before_time, before = self._previous.get(a.ifindex) or (self._last, {d: _ZERO for d in counters})
+        if final:
+            self._previous.pop(a.ifindex, None)
+        else:
+            self._previous[a.ifindex] = (now, counters)
+        rx = a.hooks.get("rx")
+        report = {
+            "time": _iso_utc(wall),
+            "interface": a.interface,
+            "ifindex": a.ifindex,
+            "hook": rx and rx.hook,  # hook, mode, attach and program_id: the rx side's
+            "mode": rx and rx.mode,
+            "loader": self.monitor.engine.name,
+            "attach": rx and rx.method,
+            "program_id": rx and rx.program_id,
+            "hooks": {d: h.hook for d, h in a.hooks.items()},
+            "program_ids": {d: h.program_id for d, h in a.hooks.items()},
+            "reloads": a.reloads,
+            "final": final,
+        }
+        for direction, now_counts in sorted(counters.items()):
+            report[direction] = _with_rates(now_counts, before[direction], now - before_time)
+        return report
 
 
 def _with_rates(counts, before, seconds):

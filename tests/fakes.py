@@ -56,3 +56,7 @@ class FakeMonitor(object):
     def __init__(self, hooks=None):
         self.engine = FakeEngine()
         self.attachments = [FakeAttachment(hooks if hooks is not None else {"rx": rx_xdp(), "tx": tx_tc()})]
+
+    def packet_stats(self):
+        """The next queued counters of every attachment, as NetworkMonitor.packet_stats reads them all at once."""
+        return {a.interface: {d: a.counters(d) for d in sorted(a.hooks)} for a in self.attachments}

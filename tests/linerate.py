@@ -46,7 +46,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from frames import ETH_IP, UDP, ether, ipv4, udp  # noqa: E402
-from probe import layout  # noqa: E402
+from probe import layout, stats  # noqa: E402
 from probe.attach.tc import attach_tc  # noqa: E402
 from probe.attach.xdp import attach_xdp  # noqa: E402
 from probe.bpf import syscall  # noqa: E402
@@ -401,10 +401,10 @@ def still_attached(attachment, ifindex):
     return syscall.link_info(attachment.fd).ifindex == ifindex
 
 
-def probe_counted(stats_map, side):
-    """Frames the probe's programs counted for a side ("rx" or "tx"), all hooks together."""
-    values = stats_map.lookup(layout.KEY.pack(layout.DIRECTIONS.index(side)))
-    return layout.decode_stats(values)["packets"]
+def probe_counted(stats_map, flood, side):
+    """Frames the probe's programs counted for a side ("rx" or "tx"), all hooks together: under the receiving
+    veth's keys, or the sending one's."""
+    return stats.read(stats_map, flood.rx_index if side == "rx" else flood.tx_index, side)["packets"]
 
 
 # ---- measurement -----------------------------------------------------------------------------------------
@@ -492,12 +492,14 @@ def measure(rounds, seconds, object_path, empty_object_path, warmup=0.5, frame_b
         stats_map = probe_obj.map(layout.STATS_MAP)
         sides = {hook: side for hook, side, _ in HOOKS}
         with Flood(frame_bytes, sender_cpu, receiver_cpu, duration, linear) as flood:
+            for index in (flood.rx_index, flood.tx_index):
+                stats.add_keys(stats_map, index)  # as the probe does before it attaches: else nothing counts
             time.sleep(1.0)  # the first frames: pages faulted in, caches and the NAPI kthread warm
             for r in range(rounds):
                 for config in round_order(units, r):
                     hook, role = config
                     side = sides.get(hook)
-                    counter = (lambda: probe_counted(stats_map, side)) if role == "probe" else None
+                    counter = (lambda: probe_counted(stats_map, flood, side)) if role == "probe" else None
                     for attempt in range(WINDOW_TRIES):
                         result = measure_config(flood, hook, programs.get(config), warmup, seconds, counter)
                         if result is not None:

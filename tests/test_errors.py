@@ -187,12 +187,32 @@ def test_verifier_rejection(tmp_path, pair, loader):
     assert pair.probe_programs() == []
 
 
+# An object of the versions that loaded one object per interface: a per-CPU array of a slot per direction.
+PER_DIRECTION_SLOTS = textwrap.dedent("""
+    #include <linux/bpf.h>
+    #include <bpf/bpf_helpers.h>
+    #include "kubenetprobe.h"
+    struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, KNP_DIR_MAX); __type(key, __u32);
+             __type(value, struct knp_stats); } knp_stats SEC(".maps");
+    SEC("xdp")
+    int kubenetprobe_rx(struct xdp_md *ctx)
+    {
+        return XDP_PASS;
+    }
+    char LICENSE[] SEC("license") = "GPL";
+""")
+
+
 @pytest.mark.integration
-def test_object_with_another_map_layout(tmp_path, pair):
+@pytest.mark.parametrize("source, differs", [
+    (bpf_source("other_layout.bpf.c"), "value_size 8, not 144"),
+    (PER_DIRECTION_SLOTS, "flags 0, not 1; key_size 4, not 8; max_entries 2, not 16384; type 6, not 5"),
+], ids=["value", "per-direction-slots"])
+def test_object_with_another_map_layout(tmp_path, pair, source, differs):
     """Refused before anything is attached or read, naming what differs."""
-    pyz = pyz_with_object(tmp_path, compile_bpf(tmp_path, bpf_source("other_layout.bpf.c")).read_bytes())
+    pyz = pyz_with_object(tmp_path, compile_bpf(tmp_path, source).read_bytes())
     result = run_pyz("-i", pair.probe_if, "--count", "1", pyz=pyz, ns=pair.probe_ns)
     assert result.returncode == 1
-    assert result.stderr == ("kubenetprobe: error: the object's map knp_stats has another layout: value_size 8, "
-                             "not 144; rebuild the object from this version's bpf/ (make build-ebpf)\n")
+    assert result.stderr == ("kubenetprobe: error: the object's map knp_stats has another layout: %s; rebuild the "
+                             "object from this version's bpf/ (make build-ebpf)\n" % differs)
     assert pair.probe_programs() == []

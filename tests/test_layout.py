@@ -70,16 +70,30 @@ def test_btf_knp_stats_matches_layout(btf):
         assert resolve(btf, array["type_id"]) is counter, name
 
 
+def test_btf_knp_key_is_ifindex_then_direction(btf):
+    """struct knp_key is __u32 ifindex at 0, __u32 direction at 4: layout.KEY, "=II"."""
+    key = named(btf, "STRUCT", "knp_key")
+    assert key["size"] == layout.KEY.size == struct.calcsize("=II")
+    fields = members(btf, key)
+    assert sorted(fields) == ["direction", "ifindex"]
+    assert (fields["ifindex"][0], fields["direction"][0]) == (0, 4)
+    for _, t in fields.values():
+        assert (t["kind"], t["size"], t["encoding"]) == ("INT", 4, "(none)")  # unsigned 32-bit
+    assert layout.key(7, "tx") == struct.pack("=II", 7, layout.DIRECTIONS.index("tx"))
+
+
 def test_btf_stats_map_matches_layout(btf):
-    """Map knp_stats: per-CPU array (what decode_stats sums), one __u32 key per direction, knp_stats values."""
+    """Map knp_stats: a per-CPU hash (what decode_stats sums), not preallocated, room for MAX_INTERFACES
+    interfaces of a key per direction, knp_key keys, knp_stats values."""
     fields = members(btf, resolve(btf, named(btf, "VAR", layout.STATS_MAP)["type_id"]))
 
     def pointee(name):  # __uint(name, N) is int (*name)[N]; __type(name, T) is T *name
         return resolve(btf, fields[name][1]["type_id"])
 
-    assert pointee("type")["nr_elems"] == constants.BPF_MAP_TYPE_PERCPU_ARRAY
-    assert pointee("max_entries")["nr_elems"] == len(layout.DIRECTIONS)
-    assert pointee("key")["size"] == layout.KEY.size
+    assert pointee("type")["nr_elems"] == layout.STATS_MAP_TYPE == constants.BPF_MAP_TYPE_PERCPU_HASH
+    assert pointee("map_flags")["nr_elems"] == layout.STATS_MAP_FLAGS == constants.BPF_F_NO_PREALLOC
+    assert pointee("max_entries")["nr_elems"] == layout.MAX_ENTRIES == layout.MAX_INTERFACES * len(layout.DIRECTIONS)
+    assert pointee("key") is named(btf, "STRUCT", "knp_key")
     assert pointee("value") is named(btf, "STRUCT", "knp_stats")
 
 

@@ -178,10 +178,12 @@ def test_pinned_state_outlives_the_probe_and_is_taken_over(pair, bpffs, hook, me
             assert "left pinned in %s" % pins in first.stderr
             kept = first.attached()
             assert kept is not None, "pinned programs must stay after the probe exits"
-            names = ["knp_stats", "rx_%s_%s" % (hook, kind), "tx_tc_%s" % kind]
-            assert sorted(os.listdir(os.path.join(pins, pair.probe_if))) == sorted(names)
-            for name in names:
-                st = os.stat(os.path.join(pins, pair.probe_if, name))
+            # The stats map shared by every interface, then the interface's hooks in a folder of its own.
+            assert sorted(os.listdir(pins)) == sorted(["knp_stats", pair.probe_if])
+            names = ["rx_%s_%s" % (hook, kind), "tx_tc_%s" % kind]
+            assert sorted(os.listdir(os.path.join(pins, pair.probe_if))) == names
+            for name in ["knp_stats"] + [os.path.join(pair.probe_if, name) for name in names]:
+                st = os.stat(os.path.join(pins, name))
                 assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600)
             second = runs.enter_context(ProbeRun(pair, *options))
             second.wait_attached(replacing=kept[pair.probe_if].values())
@@ -208,13 +210,13 @@ def test_pin_outside_a_bpffs_is_refused(pair, tmp_path):
 
 def test_pin_mounts_a_bpffs_at_sys_fs_bpf(pair):
     """Where /sys/fs/bpf has no bpffs (here: the one `ip netns exec` gives), the probe mounts one."""
-    result = pair.run(pair.probe_ns, "sh", "-c", '"$@" && stat -f -c %T /sys/fs/bpf && ls /sys/fs/bpf/knp/knp0',
-                      "sh", sys.executable, PYZ, "-i", pair.probe_if, "--pin", "/sys/fs/bpf/knp", "--count", "1",
-                      "--interval", "0", "--json", check=False)
+    result = pair.run(pair.probe_ns, "sh", "-c", '"$@" && stat -f -c %T /sys/fs/bpf && ls /sys/fs/bpf/knp && '
+                      'ls /sys/fs/bpf/knp/knp0', "sh", sys.executable, PYZ, "-i", pair.probe_if, "--pin",
+                      "/sys/fs/bpf/knp", "--count", "1", "--interval", "0", "--json", check=False)
     assert result.returncode == 0, result.stderr
-    report, fs_type, files = result.stdout.splitlines()[0], result.stdout.splitlines()[1], result.stdout.split()[-3:]
+    report, fs_type, files = result.stdout.splitlines()[0], result.stdout.splitlines()[1], result.stdout.split()[-4:]
     assert json.loads(report)["final"] is True
-    assert fs_type == "bpf_fs" and files == ["knp_stats", "rx_tc_link", "tx_tc_link"]
+    assert fs_type == "bpf_fs" and sorted(files) == sorted(["knp_stats", "knp0", "rx_tc_link", "tx_tc_link"])
 
 
 @pytest.mark.parametrize("source,reason", [

@@ -59,18 +59,18 @@ def test_stats_map(objspec):
     assert sorted(objspec.maps) == [layout.STATS_MAP]
     m = objspec.maps[layout.STATS_MAP]
     assert m.name == layout.STATS_MAP
-    assert m.type == constants.BPF_MAP_TYPE_PERCPU_ARRAY == 6
-    assert m.key_size == layout.KEY.size == 4
+    assert m.type == constants.BPF_MAP_TYPE_PERCPU_HASH == 5
+    assert m.key_size == layout.KEY.size == 8
     assert m.value_size == layout.STATS.size
-    assert m.max_entries == len(layout.DIRECTIONS)
-    assert m.flags == 0
+    assert m.max_entries == layout.MAX_ENTRIES == 16384
+    assert m.flags == constants.BPF_F_NO_PREALLOC
 
 
 def test_stats_map_btf_ids(objspec):
     types = btf.parse_btf(objspec.btf)
     m = objspec.maps[layout.STATS_MAP]
     key, value = types.type_by_id(m.btf_key_type_id), types.type_by_id(m.btf_value_type_id)
-    assert (key.kind, key.name) == (btf.BTF_KIND_TYPEDEF, "__u32")
+    assert (key.kind, key.name) == (btf.BTF_KIND_STRUCT, "knp_key")
     assert (value.kind, value.name) == (btf.BTF_KIND_STRUCT, "knp_stats")
     assert types.size_of(key.id) == m.key_size and types.size_of(value.id) == m.value_size
 
@@ -151,7 +151,7 @@ def test_btf_fixup(objspec, data, tmp_path):
     path = tmp_path / "fixed.btf"
     path.write_bytes(objspec.btf)
     text = run(tool("bpftool"), "btf", "dump", "file", str(path), "format", "raw")
-    assert "DATASEC '.maps' size=32 vlen=1" in text
+    assert "DATASEC '.maps' size=40 vlen=1" in text  # knp_stats: type, max_entries, map_flags, key, value
     assert "DATASEC 'license' size=13 vlen=1" in text
 
 
@@ -220,7 +220,7 @@ def test_32_bit_class(data):
     assert "ELF class 1 (expected ELFCLASS64" in probe_error(spec.read_object, bytes(patched))
 
 
-def test_relocation_to_missing_map_by_symbol_index(data):
+def test_relocation_to_missing_map_by_symbol_index(data, objspec):
     f = elf.ElfFile(data)
     license_index = [s.index for s in f.symbols() if s.name == "LICENSE"][0]
     rel_section = f.section_by_name(".relxdp")
@@ -229,7 +229,8 @@ def test_relocation_to_missing_map_by_symbol_index(data):
     struct.pack_into("<Q", patched, rel_section.offset + 8, license_index << 32 | elf.R_BPF_64_64)
     message = probe_error(spec.read_object, bytes(patched))
     assert "relocation to missing map 'LICENSE'" in message
-    assert "program 'kubenetprobe_rx' instruction 6" in message
+    assert "program 'kubenetprobe_rx' instruction %d" % objspec.programs[layout.PROGRAM].map_relocations[0][0] \
+        in message
 
 
 def test_relocation_to_missing_map_by_symbol_name(data):
@@ -390,7 +391,7 @@ def test_big_endian_object(tmp_path, objspec):
         assert s.programs[name].instructions and len(s.programs[name].instructions) % 8 == 0
     fixed = btf.parse_btf(s.btf)
     assert fixed.byteorder == ">"
-    assert fixed.find(".maps", btf.BTF_KIND_DATASEC).size == 32
+    assert fixed.find(".maps", btf.BTF_KIND_DATASEC).size == 40
 
 
 def test_func_and_line_info(objspec, data):

@@ -89,12 +89,17 @@ class NetlinkXdp(XdpAttachment):
         self.program_id = syscall.prog_info(new_prog_fd).id
 
     def close(self, keep=False):
-        """Detach the program, if the hook still holds it (and not something that replaced it), unless keep."""
+        """Detach the program, if the hook still holds it (and not something that replaced it), unless keep. An
+        interface gone meanwhile took it with it."""
         if self._attached and not keep:
             self._attached = False
-            current = netlink.xdp_program(self.ifindex)
-            if current and current[0] == self.program_id:
-                netlink.xdp_detach(self.ifindex, _MODE_FLAGS[self.mode])
+            try:
+                current = netlink.xdp_program(self.ifindex)
+                if current and current[0] == self.program_id:
+                    netlink.xdp_detach(self.ifindex, _MODE_FLAGS[self.mode])
+            except KernelError as e:
+                if e.errno != errno.ENODEV:
+                    raise
 
 
 def take_over(interface, owner, link_fd=None):

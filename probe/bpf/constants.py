@@ -25,8 +25,12 @@ BPF_LINK_UPDATE = 29
 BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_GET_NEXT_ID = 31
 BPF_LINK_DETACH = 34
+BPF_ENABLE_STATS = 32
 
 BPF_COMMAND_NAMES = {value: name for name, value in globals().items() if name.startswith("BPF_")}
+
+# enum bpf_stats_type
+BPF_STATS_RUN_TIME = 0
 
 # enum bpf_map_type
 MAP_TYPES = (
@@ -61,6 +65,10 @@ BPF_MAP_TYPE_RINGBUF = 27
 BPF_MAP_TYPE_USER_RINGBUF = 31
 PERCPU_MAP_TYPES = frozenset((BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH,
                               BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE))
+
+# BPF_MAP_UPDATE_ELEM flags
+BPF_ANY = 0
+BPF_NOEXIST = 1  # only if the key is not there yet (else EEXIST)
 
 # map_flags
 BPF_F_NO_PREALLOC = 1 << 0

@@ -73,11 +73,16 @@ class Map(object):
         """The value under `key`; KernelError (ENOENT) where there is none."""
         return self._value(syscall.map_lookup(self.fd, self._key(key), self._raw_size))
 
-    def update(self, key, value):
-        """Store bytes under `key` (a per-CPU map takes a list of one value per CPU)."""
+    def update(self, key, value, flags=0):
+        """Store bytes under `key` (a per-CPU map takes a list of one value per CPU); flags: BPF_ANY (0), or
+        BPF_NOEXIST to refuse (EEXIST) a key already there."""
         if self.ncpus:
             value = b"".join(v.ljust(self._stride, b"\0") for v in value)
-        syscall.map_update(self.fd, self._key(key), value)
+        syscall.map_update(self.fd, self._key(key), value, flags)
+
+    def delete(self, key):
+        """Delete the entry under `key`; KernelError (ENOENT) where there is none."""
+        syscall.map_delete(self.fd, self._key(key))
 
     def keys(self):
         """Every key, walked with BPF_MAP_GET_NEXT_KEY."""

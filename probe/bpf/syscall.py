@@ -3,10 +3,11 @@ import ctypes
 import errno
 import os
 
-from probe.bpf.constants import (BPF_COMMAND_NAMES, BPF_F_REPLACE, BPF_LINK_CREATE, BPF_LINK_DETACH,
+from probe.bpf.constants import (BPF_COMMAND_NAMES, BPF_ENABLE_STATS, BPF_STATS_RUN_TIME, BPF_F_REPLACE, BPF_LINK_CREATE, BPF_LINK_DETACH,
                                  BPF_LINK_GET_FD_BY_ID, BPF_LINK_GET_NEXT_ID, BPF_LINK_TYPE_XDP, BPF_LINK_UPDATE,
-                                 BPF_MAP_CREATE, BPF_MAP_FREEZE, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_BATCH,
-                                 BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD,
+                                 BPF_MAP_CREATE, BPF_MAP_DELETE_ELEM, BPF_MAP_FREEZE, BPF_MAP_GET_NEXT_KEY,
+                                 BPF_MAP_LOOKUP_BATCH, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET,
+                                 BPF_OBJ_GET_INFO_BY_FD,
                                  BPF_OBJ_PIN, BPF_PROG_GET_FD_BY_ID, BPF_PROG_LOAD, BPF_PROG_QUERY, BPF_PROG_TEST_RUN,
                                  BPF_XDP)
 from probe.errors import KernelError
@@ -116,13 +117,18 @@ class LinkDetachAttr(ctypes.Structure):
 
 
 class ProgInfo(ctypes.Structure):
-    """struct bpf_prog_info, up to its name."""
+    """struct bpf_prog_info, up to run_cnt (5.1: run-time statistics; older kernels leave the tail zero)."""
     _fields_ = [
         ("type", _u32), ("id", _u32), ("tag", ctypes.c_uint8 * 8),
         ("jited_prog_len", _u32), ("xlated_prog_len", _u32),
         ("jited_prog_insns", _u64), ("xlated_prog_insns", _u64),
         ("load_time", _u64), ("created_by_uid", _u32), ("nr_map_ids", _u32), ("map_ids", _u64),
-        ("name", ctypes.c_char * 16),
+        ("name", ctypes.c_char * 16), ("ifindex", _u32), ("gpl_compatible", _u32), ("netns_dev", _u64),
+        ("netns_ino", _u64), ("nr_jited_ksyms", _u32), ("nr_jited_func_lens", _u32), ("jited_ksyms", _u64),
+        ("jited_func_lens", _u64), ("btf_id", _u32), ("func_info_rec_size", _u32), ("func_info", _u64),
+        ("nr_func_info", _u32), ("nr_line_info", _u32), ("line_info", _u64), ("jited_line_info", _u64),
+        ("nr_jited_line_info", _u32), ("line_info_rec_size", _u32), ("jited_line_info_rec_size", _u32),
+        ("nr_prog_tags", _u32), ("prog_tags", _u64), ("run_time_ns", _u64), ("run_cnt", _u64),
     ]
 
 
@@ -189,6 +195,12 @@ def map_update(map_fd, key, value, flags=0):
     v = ctypes.create_string_buffer(value, len(value))
     bpf(BPF_MAP_UPDATE_ELEM, MapElemAttr(map_fd=map_fd, key=ctypes.addressof(k), value=ctypes.addressof(v),
                                          flags=flags))
+
+
+def map_delete(map_fd, key):
+    """Delete `key` (bytes) from a map; KernelError ENOENT where it is not."""
+    k = ctypes.create_string_buffer(key, len(key))
+    bpf(BPF_MAP_DELETE_ELEM, MapElemAttr(map_fd=map_fd, key=ctypes.addressof(k)))
 
 
 def map_next_key(map_fd, key, key_size):
@@ -262,6 +274,16 @@ def map_info(fd):
 def link_info(fd):
     """struct bpf_link_info of a link fd."""
     return _info(fd, LinkInfo())
+
+
+class EnableStatsAttr(ctypes.Structure):
+    """union bpf_attr, BPF_ENABLE_STATS (enable_stats)."""
+    _fields_ = [("type", _u32)]
+
+
+def enable_run_time_stats():
+    """An fd that keeps the kernel's BPF run-time statistics on while it is open (5.8+)."""
+    return bpf(BPF_ENABLE_STATS, EnableStatsAttr(type=BPF_STATS_RUN_TIME))
 
 
 def prog_fd_by_id(prog_id):

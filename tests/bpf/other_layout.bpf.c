@@ -1,8 +1,10 @@
 /* Verifies fine, but its stats map holds one __u64 instead of struct knp_stats. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
-struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 2); __type(key, __u32);
-         __type(value, __u64); } knp_stats SEC(".maps");
+#include "kubenetprobe.h"
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, KNP_MAX_INTERFACES * KNP_DIR_MAX);
+         __uint(map_flags, BPF_F_NO_PREALLOC); __type(key, struct knp_key); __type(value, __u64);
+} knp_stats SEC(".maps");
 SEC("xdp")
 int kubenetprobe_rx(struct xdp_md *ctx)
 {

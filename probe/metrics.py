@@ -1,0 +1,67 @@
+"""The probe's counters as Prometheus metric families: per interface, direction and protocol, what is attached
+where, and what the probe itself costs."""
+import os
+
+import probe
+from probe import layout
+from probe.bpf import syscall
+from probe.errors import KernelError
+from probe.prometheus import Family, process_families
+
+_L3_HELP = "Packets counted by L3 protocol (ipv4, ipv6, arp, other), exactly, as wire frames."
+_L4_HELP = "Packets counted by L4 protocol (tcp, udp, icmp, icmpv6, other) of IPv4 and IPv6 packets."
+
+
+def _run_stats(monitor):
+    """{(direction, hook): (seconds, runs)} of the programs attached, from the kernel's run-time statistics."""
+    programs = {h.program_id: (d, h.hook) for a in monitor.attachments for d, h in a.hooks.items()}
+    totals = {}
+    for prog_id, key in programs.items():
+        try:
+            fd = syscall.prog_fd_by_id(prog_id)
+        except KernelError:
+            continue  # replaced meanwhile (a reload)
+        try:
+            info = syscall.prog_info(fd)
+        finally:
+            os.close(fd)
+        seconds, runs = totals.get(key, (0.0, 0))
+        totals[key] = (seconds + info.run_time_ns / 1e9, runs + info.run_cnt)
+    return totals
+
+
+def families(monitor, counters, run_stats=False):
+    """Every family of a scrape; `counters` is {interface: {direction: counters}} read for it; run_stats:
+    whether the kernel keeps BPF run-time statistics (BPF_ENABLE_STATS), else those families are absent."""
+    l3_packets, l3_bytes, l4_packets, l4_bytes, info = [], [], [], [], []
+    for a in monitor.attachments:
+        for direction, hook in sorted(a.hooks.items()):
+            counts = counters.get(a.interface, {}).get(direction)
+            if counts is None:
+                continue
+            labels = {"interface": a.interface, "direction": direction}
+            for level, names, packets, size in (("l3", layout.L3, l3_packets, l3_bytes),
+                                                ("l4", layout.L4, l4_packets, l4_bytes)):
+                for name in names:
+                    packets.append((dict(labels, protocol=name), counts[level][name]["packets"]))
+                    size.append((dict(labels, protocol=name), counts[level][name]["bytes"]))
+            info.append((dict(labels, ifindex=str(a.ifindex), hook=hook.hook, mode=hook.mode or "",
+                              program_id=str(hook.program_id)), 1))
+    stats = _run_stats(monitor) if run_stats else {}
+    return [
+        Family("kubenetprobe_l3_packets_total", "counter", _L3_HELP, l3_packets),
+        Family("kubenetprobe_l3_bytes_total", "counter", "Bytes of the packets of kubenetprobe_l3_packets_total.",
+               l3_bytes),
+        Family("kubenetprobe_l4_packets_total", "counter", _L4_HELP, l4_packets),
+        Family("kubenetprobe_l4_bytes_total", "counter", "Bytes of the packets of kubenetprobe_l4_packets_total.",
+               l4_bytes),
+        Family("kubenetprobe_interface_info", "gauge",
+               "Where each interface and direction is counted: hook (xdp, tc), XDP mode, program id.", info),
+        Family("kubenetprobe_program_run_seconds_total", "counter",
+               "Time the kernel spent running the probe's programs, by the direction and hook they count.",
+               [({"direction": d, "hook": h}, v[0]) for (d, h), v in sorted(stats.items())]),
+        Family("kubenetprobe_program_runs_total", "counter", "Runs of the probe's programs: one per packet.",
+               [({"direction": d, "hook": h}, v[1]) for (d, h), v in sorted(stats.items())]),
+        Family("kubenetprobe_build_info", "gauge", "The probe's version and the loader that loaded its programs.",
+               [({"version": probe.__version__, "loader": monitor.engine.name}, 1)]),
+    ] + process_families()
