@@ -208,6 +208,10 @@ class VethPair(object):
         """Send raw Ethernet frames (bytes) out of the peer's interface; with `outgoing`, out of the probe's
         (or `ifname` of the probe's namespace), through its TC egress."""
         ns, ifname = (self.probe_ns, ifname or self.probe_if) if outgoing else (self.peer_ns, self.peer_if)
+        self.send_from(ns, ifname, frames)
+
+    def send_from(self, ns, ifname, frames):
+        """Send raw Ethernet frames (bytes) out of interface `ifname` of namespace `ns`, one send each."""
         self.run(ns, sys.executable, "-c", SEND_FRAMES, ifname, *[f.hex() for f in frames])
 
     def ping(self, count, size=56):
@@ -222,18 +226,7 @@ class VethPair(object):
     def sniff_sent(self, outgoing=False):
         """Start counting the frames the peer sends (with `outgoing`, the probe's end); call the result to stop
         and get (packets, bytes)."""
-        ns, ifname = (self.probe_ns, self.probe_if) if outgoing else (self.peer_ns, self.peer_if)
-        sniffer = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SNIFF_SENT, ifname],
-                                   stdout=subprocess.PIPE, universal_newlines=True)
-        assert sniffer.stdout.readline().strip() == "ready"
-
-        def stop():
-            settle()
-            sniffer.terminate()
-            packets, size, drops = map(int, sniffer.communicate(timeout=10)[0].split())
-            assert drops == 0, "the sniffer lost %d frames" % drops
-            return packets, size
-        return stop
+        return sniff_sent(*((self.probe_ns, self.probe_if) if outgoing else (self.peer_ns, self.peer_if)))
 
     def send_tcp(self, nbytes, port=5001):
         """Carry `nbytes` over one TCP connection from the peer to a listener at the probe's end."""
@@ -368,6 +361,23 @@ class ProbeRun(object):
 
     def __exit__(self, *exc):
         self.kill()
+
+
+def sniff_sent(ns, ifname):
+    """Start counting the frames sent out of an interface, as they leave it (after GSO); call the result to stop
+    and get (packets, bytes). (The kernel's tx_bytes would not do: a veth running NAPI, GRO on at its peer,
+    counts bytes from past the Ethernet header.)"""
+    sniffer = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SNIFF_SENT, ifname],
+                               stdout=subprocess.PIPE, universal_newlines=True)
+    assert sniffer.stdout.readline().strip() == "ready"
+
+    def stop():
+        settle()
+        sniffer.terminate()
+        packets, size, drops = map(int, sniffer.communicate(timeout=10)[0].split())
+        assert drops == 0, "the sniffer lost %d frames" % drops
+        return packets, size
+    return stop
 
 
 def settle():

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT, bpf_source, compile_bpf, tool
 from frames import ETH_LLDP, ether
-from netns import SEND_FRAMES, settle, sh
+from netns import settle, sh
 from probe.attach import tc
 from probe.bpf import syscall
 from probe.bpf.constants import BPF_MAP_GET_FD_BY_ID, BPF_TCX_EGRESS, BPF_TCX_INGRESS
@@ -117,7 +117,7 @@ def sender(pair, direction):
 def send(pair, direction, frames):
     """Send frames through the probe's `direction` hook."""
     ns, ifname = sender(pair, direction)
-    pair.run(ns, sys.executable, "-c", SEND_FRAMES, ifname, *[f.hex() for f in frames])
+    pair.send_from(ns, ifname, frames)
     settle()
 
 

@@ -18,7 +18,7 @@ from conftest import ROOT, bpf_source, compile_bpf
 from frames import (AH, DSTOPTS, ETH_ARP, ETH_IP, ETH_IPV6, ETH_LLDP, FRAGMENT, GRE, HOPOPTS, ICMP, ICMPV6,
                     IPIP, NONXT, ROUTING, TCP, UDP, VLAN_AD, VLAN_Q, arp, ether, icmp, ipv4, ipv6, ipv6_chain,
                     tcp, udp)
-from netns import SNIFF_SENT, TCP_SERVER, settle
+from netns import TCP_SERVER, settle, sniff_sent
 from traffic import delta, link_stats
 from probe import layout, stats
 from probe.attach import tc
@@ -462,25 +462,8 @@ def test_tc_programs_count_real_skbs_exactly(counting, obj):
                                                                       if name not in DROPPED_BEFORE_TC_INGRESS])
 
 
-def sniff_sent(pair, ns, interface):
-    """Start counting the frames sent out of an interface, as they leave it (after GSO); call the result to stop
-    and get [packets, bytes]. The kernel's tx_bytes would not do: a veth running NAPI (GRO on at its peer) counts
-    bytes from past the Ethernet header."""
-    sniffer = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SNIFF_SENT, interface],
-                               stdout=subprocess.PIPE, universal_newlines=True)
-    assert sniffer.stdout.readline().strip() == "ready"
-
-    def stop():
-        settle()
-        sniffer.terminate()
-        packets, size, drops = map(int, sniffer.communicate(timeout=10)[0].split())
-        assert drops == 0, "the sniffer lost %d frames" % drops
-        return [packets, size]
-    return stop
-
-
 def totals(counters):
-    return [counters["packets"], counters["bytes"]]
+    return counters["packets"], counters["bytes"]
 
 
 @pytest.fixture
@@ -507,8 +490,8 @@ def test_gso_and_gro_count_the_frames_on_the_wire(counting, obj, skbs_counted):
     pair = counting
     pair.run(pair.probe_ns, "ethtool", "-K", pair.probe_if, "tso", "off", "gso", "on", "gro", "on")
     before = link_stats(pair, pair.peer_ns, pair.peer_if)
-    sent_by_peer = sniff_sent(pair, pair.peer_ns, pair.peer_if)
-    sent_by_probe = sniff_sent(pair, pair.probe_ns, pair.probe_if)
+    sent_by_peer = sniff_sent(pair.peer_ns, pair.peer_if)
+    sent_by_probe = sniff_sent(pair.probe_ns, pair.probe_if)
     pair.send_tcp(3000000)  # into the probe's interface, in MSS-sized frames the peer segmented
     server = subprocess.Popen(["ip", "netns", "exec", pair.peer_ns, sys.executable, "-c", TCP_SERVER, pair.peer_ip,
                                "5002"], stdout=subprocess.PIPE, universal_newlines=True)
@@ -576,7 +559,7 @@ def test_udp_gso_counts_the_frames_on_the_wire(probe_side, engine, obj, skbs_cou
             if tagged:
                 links += attach(tagger, pair.probe_if, {"egress": "knptest_vlan_push"}, "knptest")
             links += attach(obj, pair.probe_if, {"egress": layout.PROGRAMS["tx", "tc"]})
-            sent = sniff_sent(pair, pair.probe_ns, pair.probe_if)
+            sent = sniff_sent(pair.probe_ns, pair.probe_if)
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.setsockopt(socket.IPPROTO_UDP, 103, 1000)  # UDP_SEGMENT: 1000-byte segments
                 for _ in range(10):
@@ -587,7 +570,7 @@ def test_udp_gso_counts_the_frames_on_the_wire(probe_side, engine, obj, skbs_cou
                 link.close()
     tx = read_counters(obj, "tx", pair.index)
     assert packets == 10 * 8
-    assert totals(tx) == totals(tx["l4"]["udp"]) == [packets, size + (4 * packets if tagged else 0)]
+    assert totals(tx) == totals(tx["l4"]["udp"]) == (packets, size + (4 * packets if tagged else 0))
     skbs = TC_COUNT.unpack(skbs_counted["egress"].lookup(bytes(4)))[0]
     assert skbs == 10, "%d skbs for %d frames" % (skbs, packets)
 

@@ -3,13 +3,12 @@ under each interface's keys in one stats map; detach, a reused ifindex, reload a
 interfaces (the monitor in this process, this thread in the probe's namespace); the stats map's room and keys."""
 import errno
 import os
-import sys
 import time
 
 import pytest
 
 from frames import ETH_LLDP, ether
-from netns import SEND_FRAMES, settle, sh
+from netns import settle, sh
 from probe import cli, layout, stats
 from probe.bpf import syscall
 from probe.bpf.engine import open_engine
@@ -41,8 +40,7 @@ def add_veth(pair, name, peer, index=None):
 def send(pair, frames, interface, outgoing=False):
     """Frames into the probe's `interface` from its peer (`interface` the peer's end), or with `outgoing` out of
     the probe's `interface`."""
-    pair.run(pair.probe_ns if outgoing else pair.peer_ns, sys.executable, "-c", SEND_FRAMES, interface,
-             *[f.hex() for f in frames])
+    pair.send_from(pair.probe_ns if outgoing else pair.peer_ns, interface, frames)
 
 
 @pytest.fixture

@@ -35,15 +35,6 @@ TCP_HEADERS = ETH_HLEN + 20 + 32
 CLONE_NEWNET = 0x40000000
 COUNTER = struct.Struct("=QQ")  # struct counter of tests/bpf/tc_count.bpf.c and xdp_count.bpf.c
 
-# Sends the frames in argv out of an interface, one send each.
-SEND_FRAMES = """
-import socket, sys
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind((sys.argv[1], 0))
-for frame in sys.argv[2:]:
-    s.send(bytes.fromhex(frame))
-"""
-
 # Counts what crosses an interface, each way, until SIGTERM: {"sent": [packets, bytes], "received": [...],
 # "drops": n}. A VLAN tag the stack took off a received frame (PACKET_AUXDATA says so) was on the wire: its 4 bytes
 # count; tp_len is the frame's length however little of it is read.
@@ -157,7 +148,7 @@ def class_frames(pair, direction):
 
 def send_out(pair, ns, ifname, frames_):
     """Send raw frames out of an interface."""
-    pair.run(ns, sys.executable, "-c", SEND_FRAMES, ifname, *[f.hex() for f in frames_])
+    pair.send_from(ns, ifname, frames_)
 
 
 def send_frames(pair, direction, frames_):
