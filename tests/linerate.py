@@ -401,10 +401,10 @@ def still_attached(attachment, ifindex):
     return syscall.link_info(attachment.fd).ifindex == ifindex
 
 
-def probe_counted(stats_map, flood, side):
+def probe_counted(slots, flood, side):
     """Frames the probe's programs counted for a side ("rx" or "tx"), all hooks together: under the receiving
     veth's keys, or the sending one's."""
-    return stats.read(stats_map, flood.rx_index if side == "rx" else flood.tx_index, side)["packets"]
+    return slots.read(flood.rx_index if side == "rx" else flood.tx_index, side)["packets"]
 
 
 # ---- measurement -----------------------------------------------------------------------------------------
@@ -489,17 +489,17 @@ def measure(rounds, seconds, object_path, empty_object_path, warmup=0.5, frame_b
         for hook, side, probe_name in HOOKS:
             programs[(hook, "probe")] = probe_obj.program(probe_name)
             programs[(hook, "empty")] = empty_obj.program(empty[hook.split()[0]])
-        stats_map = probe_obj.map(layout.STATS_MAP)
+        slots = stats.Slots.of(probe_obj)
         sides = {hook: side for hook, side, _ in HOOKS}
         with Flood(frame_bytes, sender_cpu, receiver_cpu, duration, linear) as flood:
             for index in (flood.rx_index, flood.tx_index):
-                stats.add_keys(stats_map, index)  # as the probe does before it attaches: else nothing counts
+                slots.add(index)  # as the probe does before it attaches: else nothing counts
             time.sleep(1.0)  # the first frames: pages faulted in, caches and the NAPI kthread warm
             for r in range(rounds):
                 for config in round_order(units, r):
                     hook, role = config
                     side = sides.get(hook)
-                    counter = (lambda: probe_counted(stats_map, flood, side)) if role == "probe" else None
+                    counter = (lambda: probe_counted(slots, flood, side)) if role == "probe" else None
                     for attempt in range(WINDOW_TRIES):
                         result = measure_config(flood, hook, programs.get(config), warmup, seconds, counter)
                         if result is not None:
