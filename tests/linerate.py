@@ -70,7 +70,8 @@ SENDER_SPARE_SECONDS = 60.0
 # The veths' interface indexes start here ("KN"). probe.bpf.syscall.detach_xdp_links, which `kubenetprobe
 # detach` and attach_xdp(force=True) call, detaches every XDP link whose ifindex matches, in any namespace:
 # a test doing that on its own veth (ifindex 2 or 3 in its namespace) took this module's programs off too.
-IFINDEX_BASE = 0x4B4E0000
+# Below the probe's slots map (layout.MAX_IFINDEX, 1 << 20), which refuses a larger ifindex: 0x4B4E0 + 2 * 0x8000.
+IFINDEX_BASE = 0x4B4E0
 # A window whose program someone else detached meanwhile is measured again, up to this many times in all.
 WINDOW_TRIES = 3
 # How long close() waits for the kernel to remove the veth pair after the namespaces' last fd closed.
