@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
 /* The probe's programs: XDP on receive, TC on ingress and on egress. One object serves every interface: each
- * program classifies every frame by L3 and L4 (classify.h), counts it under its interface's key for its direction
+ * program classifies every frame by L3 and L4 (classify.h), counts it in its interface's slot for its direction
  * in the stats map and hands it on unchanged. */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -17,16 +17,34 @@
 
 #define VLAN_HLEN 4
 
-/* Per-CPU so that CPUs counting at once never lose each other's increments; a hash, for any ifindex. Not
- * preallocated: that would take max_entries values per CPU up front (150 MB on 64 CPUs), where the probe follows
- * tens or hundreds of interfaces and their keys change only as user space follows or lets go of one. */
+/* ifindex -> slot (0: not followed). An array: the verifier inlines its lookups, where a hash lookup is a call. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, KNP_MAX_INTERFACES * KNP_DIR_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct knp_key);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, KNP_MAX_IFINDEX);
+	__type(key, __u32);
+	__type(value, __u32);
+} knp_slots SEC(".maps");
+
+/* KNP_STATS_KEY(slot, direction) -> counters. Per-CPU so that CPUs counting at once never lose each other's
+ * increments; an array (preallocated: KNP_STATS_ENTRIES values per CPU), its lookups inlined too. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KNP_STATS_ENTRIES);
+	__type(key, __u32);
 	__type(value, struct knp_stats);
 } knp_stats SEC(".maps");
+
+/* The counters of an interface's direction, or NULL where the probe does not follow the interface. */
+static __always_inline struct knp_stats *stats_of(__u32 ifindex, __u32 direction)
+{
+	__u32 *slot = bpf_map_lookup_elem(&knp_slots, &ifindex);
+	__u32 key;
+
+	if (!slot || !*slot)
+		return NULL;
+	key = KNP_STATS_KEY(*slot, direction);
+	return bpf_map_lookup_elem(&knp_stats, &key);
+}
 
 static __always_inline void count(struct knp_counter *counter, __u64 packets, __u64 bytes)
 {
@@ -50,11 +68,10 @@ int kubenetprobe_rx(struct xdp_md *ctx)
 		.end = (void *)(long)ctx->data_end,
 	};
 	__u64 bytes = c.end - c.pos;
-	struct knp_key key = { .ifindex = ctx->ingress_ifindex, .direction = KNP_DIR_RX };
 	struct knp_stats *stats;
 	struct knp_class cls;
 
-	stats = bpf_map_lookup_elem(&knp_stats, &key);
+	stats = stats_of(ctx->ingress_ifindex, KNP_DIR_RX);
 	if (!stats)
 		return XDP_PASS;
 	knp_classify(&c, 0, stats, &cls);
@@ -82,13 +99,12 @@ static __always_inline __u32 headers_len(__be16 protocol)
 static __always_inline int count_skb(struct __sk_buff *skb, __u32 direction)
 {
 	__u64 linear = (void *)(long)skb->data_end - (void *)(long)skb->data;
-	struct knp_key key = { .ifindex = skb->ifindex, .direction = direction };
 	struct knp_stats *stats;
 	struct knp_class cls;
 	struct cursor c;
 	__u32 tags, segs;
 
-	stats = bpf_map_lookup_elem(&knp_stats, &key);
+	stats = stats_of(skb->ifindex, direction);
 	if (!stats)
 		return TC_ACT_UNSPEC;
 	/* Headers outside the linear data would read as a frame cut short: pull them in, as the stack does next on

@@ -10,16 +10,21 @@ enum knp_direction {
 	KNP_DIR_MAX,
 };
 
-/* Interfaces the stats map has room for, each with a key per direction. */
+/* Interfaces the probe follows at once: each holds a slot, 1 to KNP_MAX_INTERFACES (0 means "not followed"). */
 #define KNP_MAX_INTERFACES 8192
 
-/* Key of the stats map. User space makes both keys of an interface, zeroed, before it attaches a program there,
- * and deletes them once it lets the interface go: the programs only look keys up, so a frame on an interface
- * without keys counts nowhere, and an ifindex the kernel hands out again starts at zero. */
-struct knp_key {
-	__u32 ifindex; /* the interface's, in the probe's network namespace */
-	__u32 direction; /* enum knp_direction */
-};
+/* ifindexes the slots map has room for, 0 to KNP_MAX_IFINDEX - 1 (4 MiB of u32, one copy, not per CPU). The kernel
+ * hands ifindexes out in increasing order within a namespace: on a node that makes and deletes interfaces by the
+ * million, one can pass it, and the probe refuses to follow that interface, saying so. */
+#define KNP_MAX_IFINDEX (1 << 20)
+
+/* The programs find an interface's counters in two array lookups, both inlined by the verifier (no call):
+ * knp_slots[ifindex] is its slot, and knp_stats[KNP_STATS_KEY(slot, direction)] its counters of a direction.
+ * User space gives an interface a free slot, zeroes that slot's counters and only then writes knp_slots[ifindex];
+ * it writes knp_slots[ifindex] = 0 before it lets the slot go. So a frame on an interface the probe does not follow
+ * counts nowhere, and a reused ifindex, or slot, starts at zero. Slot 0 is never given: its entries stay unused. */
+#define KNP_STATS_KEY(slot, direction) ((slot) * KNP_DIR_MAX + (direction))
+#define KNP_STATS_ENTRIES ((KNP_MAX_INTERFACES + 1) * KNP_DIR_MAX)
 
 enum knp_l3 {
 	KNP_L3_IPV4 = 0,

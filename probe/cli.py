@@ -206,16 +206,17 @@ def run_detach(args):
 
 
 def _delete_pinned_keys(root, name):
-    """Delete an interface's keys from the pinned stats map, where it still has the map and the interface."""
+    """Stop the pinned maps counting an interface (knp_slots[ifindex] = 0), where it still has the maps and the
+    interface; its slot is free for the next run (which rebuilds what is given from the interfaces pinned)."""
     if not root.has_map():
         return
     try:
         index = interfaces.ifindex(name)
     except ProbeError:
-        return  # gone, and its ifindex with it: its keys stay, zeroed when that ifindex is attached again
-    map_fd = root.open_map()
+        return  # gone, and its ifindex with it: a run that gets that ifindex again gives it a slot, zeroed
+    map_fd = root.open_map(layout.SLOTS_MAP)
     try:
-        stats.delete_keys(Map(map_fd), index)
+        stats.unfollow(Map(map_fd), index)
     finally:
         os.close(map_fd)
 

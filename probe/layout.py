@@ -1,33 +1,37 @@
-"""The stats map's layout, mirrored once from bpf/kubenetprobe.h."""
+"""The maps' layout, mirrored once from bpf/kubenetprobe.h."""
 import struct
 
-from probe.bpf.constants import BPF_F_NO_PREALLOC, BPF_MAP_TYPE_PERCPU_HASH
+from probe.bpf.constants import BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY
 
 OWNER = "kubenetprobe"  # every program's name starts with it, so bpftool says whose it is
 PROGRAM = OWNER + "_rx"  # XDP, counting rx
 # (direction, hook) -> the program counting it; names stay distinct within the kernel's 15 characters.
 PROGRAMS = {("rx", "xdp"): PROGRAM, ("rx", "tc"): OWNER + "_in", ("tx", "tc"): OWNER + "_tx"}
 STATS_MAP = "knp_stats"
+SLOTS_MAP = "knp_slots"
+MAPS = (STATS_MAP, SLOTS_MAP)
 
 DIRECTIONS = ("rx", "tx")  # enum knp_direction
 L3 = ("ipv4", "ipv6", "arp", "other")  # enum knp_l3
 L4 = ("tcp", "udp", "icmp", "icmpv6", "other")  # enum knp_l4
 
-# The stats map: a per-CPU hash, not preallocated, with a key per followed interface and direction; room for
-# MAX_INTERFACES interfaces (KNP_MAX_INTERFACES), 8192 x 2 directions = 16384 keys.
-STATS_MAP_TYPE = BPF_MAP_TYPE_PERCPU_HASH
-STATS_MAP_FLAGS = BPF_F_NO_PREALLOC
+# The slots map: an array, ifindex -> slot (0: not followed), for ifindexes below MAX_IFINDEX (KNP_MAX_IFINDEX).
+SLOTS_MAP_TYPE = BPF_MAP_TYPE_ARRAY
+MAX_IFINDEX = 1 << 20
+SLOT = struct.Struct("=I")  # the slots map's key (an ifindex) and value (a slot); the stats map's key
+# The stats map: a per-CPU array, KEY(slot, direction) -> struct knp_stats, slots 1 to MAX_INTERFACES
+# (KNP_MAX_INTERFACES) given to the interfaces followed, slot 0 never: (8192 + 1) x 2 directions = 16386 entries.
+STATS_MAP_TYPE = BPF_MAP_TYPE_PERCPU_ARRAY
 MAX_INTERFACES = 8192
-MAX_ENTRIES = MAX_INTERFACES * len(DIRECTIONS)
-
-KEY = struct.Struct("=II")  # struct knp_key: ifindex, direction
+MAX_ENTRIES = (MAX_INTERFACES + 1) * len(DIRECTIONS)
+KEY = SLOT  # the stats map's key: __u32, KNP_STATS_KEY(slot, direction)
 # struct knp_stats: a (packets, bytes) pair of __u64 for each l3 class, then each l4 class.
 STATS = struct.Struct("=" + "QQ" * (len(L3) + len(L4)))
 
 
-def key(ifindex, direction):
-    """The stats map's key of an interface's direction ("rx" or "tx")."""
-    return KEY.pack(ifindex, DIRECTIONS.index(direction))
+def key(slot, direction):
+    """The stats map's key of a slot's direction ("rx" or "tx"): KNP_STATS_KEY."""
+    return KEY.pack(slot * len(DIRECTIONS) + DIRECTIONS.index(direction))
 
 
 def decode_stats(values):

@@ -22,20 +22,29 @@ _TC_KINDS = ("veth", "netkit")
 _NO_NATIVE_XDP = (errno.EOPNOTSUPP, errno.EINVAL)
 
 
-def _check_layout(stats_map):
-    """Refuse a stats map (a MapSpec, or a Map in the kernel) other than the one layout.py reads."""
-    expected = {"type": layout.STATS_MAP_TYPE, "flags": layout.STATS_MAP_FLAGS, "key_size": layout.KEY.size,
-                "value_size": layout.STATS.size, "max_entries": layout.MAX_ENTRIES}
-    differs = ["%s %d, not %d" % (name, getattr(stats_map, name), value)
-               for name, value in sorted(expected.items()) if getattr(stats_map, name) != value]
+# What layout.py reads in each map.
+_LAYOUTS = {
+    layout.STATS_MAP: {"type": layout.STATS_MAP_TYPE, "flags": 0, "key_size": layout.KEY.size,
+                       "value_size": layout.STATS.size, "max_entries": layout.MAX_ENTRIES},
+    layout.SLOTS_MAP: {"type": layout.SLOTS_MAP_TYPE, "flags": 0, "key_size": layout.SLOT.size,
+                       "value_size": layout.SLOT.size, "max_entries": layout.MAX_IFINDEX},
+}
+
+
+def _check_layout(name, found):
+    """Refuse a map `name` (a MapSpec, or a Map in the kernel) other than the one layout.py reads."""
+    differs = ["%s %d, not %d" % (field, getattr(found, field), value)
+               for field, value in sorted(_LAYOUTS[name].items()) if getattr(found, field) != value]
     if differs:
-        raise ObjectError("the object's map %s has another layout: %s" % (layout.STATS_MAP, "; ".join(differs)),
+        raise ObjectError("the object's map %s has another layout: %s" % (name, "; ".join(differs)),
                          hint="rebuild the object from this version's bpf/ (make build-ebpf)")
 
 
 def check_stats_map(obj):
-    """Refuse a loaded object whose stats map is not the one layout.py reads, naming what differs."""
-    _check_layout(obj.map(layout.STATS_MAP))
+    """Refuse a loaded object whose maps (stats and slots) are not the ones layout.py reads, naming what
+    differs."""
+    for name in layout.MAPS:
+        _check_layout(name, obj.map(name))
 
 
 def check_object(data):
@@ -43,12 +52,13 @@ def check_object(data):
     from probe.bpf.spec import read_object  # only objects from files pay for the ELF and BTF readers
     spec = read_object(data)
     programs = sorted(set(layout.PROGRAMS.values()))
-    for kind, names, found in (("program", programs, spec.programs), ("map", [layout.STATS_MAP], spec.maps)):
+    for kind, names, found in [("program", programs, spec.programs)] + [("map", [m], spec.maps) for m in layout.MAPS]:
         if not set(names) & set(found):
             raise ObjectError("the object has no %s %s (it has: %s)" % (kind, " or ".join(names),
                                                                      ", ".join(sorted(found)) or "none"),
                               hint="build it from this version's bpf/ (make build-ebpf)")
-    _check_layout(spec.maps[layout.STATS_MAP])
+        if kind == "map":  # the stats map first: an older version's object has no slots map, and this says more
+            _check_layout(names[0], found[names[0]])
 
 
 class ObjectSource(object):
@@ -79,8 +89,8 @@ def _program(obj, direction, hook):
 
 
 class Attachment(object):
-    """The probe on one interface: a hook per direction, running the monitor's programs, which count under the
-    interface's keys in the monitor's stats map."""
+    """The probe on one interface: a hook per direction, running the monitor's programs, which count in the
+    interface's slot of the monitor's stats map."""
 
     def __init__(self, monitor, hooks, pins=None):
         self.monitor = monitor
@@ -99,7 +109,7 @@ class Attachment(object):
 
     def counters(self, direction="rx"):
         """Cumulative counters of one direction since attach."""
-        return stats.read(self.monitor.stats_map, self.ifindex, direction)
+        return self.monitor.slots.read(self.ifindex, direction)
 
     def replace_programs(self, obj):
         """Swap in the programs of `obj`, loaded onto the same stats map; the kernel frees the old ones."""
@@ -107,7 +117,7 @@ class Attachment(object):
             hook.update(_program(obj, direction, hook.hook).fd)
 
     def close(self, end=False):
-        """Detach and delete the interface's keys; if pinned, only let go of the hooks, which go on counting,
+        """Detach and take the interface's slot back; if pinned, only let go of the hooks, which go on counting,
         unless `end`: then the pins go first."""
         keep = self.pins is not None and not end
         try:
@@ -119,14 +129,14 @@ class Attachment(object):
                 hook.close(keep=keep)
         finally:
             if not keep:
-                stats.delete_keys(self.monitor.stats_map, self.ifindex)
+                self.monitor.slots.remove(self.ifindex)
 
 
 class NetworkMonitor(object):
     """Counts the packets of interfaces: attach() them, read packet_stats(), close() to detach all.
 
     One object serves every interface: loaded at the first attach, its programs attached to each, counting into
-    its one stats map under each interface's keys.
+    its one stats map, each interface in its own slot.
     """
 
     def __init__(self, engine=None, object_path=None, loader="auto", pin_dir=None):
@@ -136,12 +146,18 @@ class NetworkMonitor(object):
         if pin_dir:
             ensure_bpffs(pin_dir)  # before anything is loaded or attached
         self.object = None  # until the first attach
+        self.slots = None  # the slots of the object's maps, given out to the interfaces followed
         self.attachments = []
 
     @property
     def stats_map(self):
         """The map every interface counts into, of the object loaded at the first attach."""
         return self.object.map(layout.STATS_MAP)
+
+    @property
+    def slots_map(self):
+        """ifindex -> slot, of the object loaded at the first attach."""
+        return self.object.map(layout.SLOTS_MAP)
 
     def attach(self, interface, mode="auto", force=False, method="auto", hook="auto", directions=("rx", "tx")):
         """Attach the programs (loaded at the first attach) to an interface; returns the Attachment.
@@ -161,11 +177,11 @@ class NetworkMonitor(object):
         if pins and pins.exists():
             attachment = self._take_over(interface, index, pins)
         else:
-            stats.add_keys(self.stats_map, index)  # before any hook: the programs count only under keys there
+            self.slots.add(index)  # before any hook: the programs count only in an interface's slot
             try:
                 hooks = self._attach_hooks(obj, interface, index, directions, hook, mode, force, method)
             except BaseException:
-                stats.delete_keys(self.stats_map, index)
+                self.slots.remove(index)
                 raise
             attachment = Attachment(self, hooks, pins)
             if pins:
@@ -221,23 +237,29 @@ class NetworkMonitor(object):
         return None
 
     def _loaded(self):
-        """The monitor's object, loaded at the first call: onto the pinned stats map where --pin has one."""
+        """The monitor's object, loaded at the first call: onto the pinned maps where --pin has them, every slot
+        knp_slots gives an interface still there held (a previous run's, counting on), so that none is given twice."""
         if self.object is None:
             if self.pins and self.pins.has_map():
-                map_fd = self.pins.open_map()
+                map_fds = self.pins.open_maps()
                 try:
-                    self.object = self._load(map_fd)
+                    self.object = self._load(map_fds)
                 finally:
-                    os.close(map_fd)
+                    for fd in map_fds.values():
+                        os.close(fd)
+                self.slots = stats.Slots.of(self.object)
+                self.slots.rebuild(interfaces.indexes())
             else:
                 self.object = self._load()
+                self.slots = stats.Slots.of(self.object)
         return self.object
 
-    def _load(self, stats_map_fd=None):
-        """Read and load the object (onto an existing stats map, if given), its map checked before any read."""
+    def _load(self, map_fds=None):
+        """Read and load the object (onto existing maps, {name: fd}, if given), its maps checked before any
+        read."""
         try:
             data = self.source.read()
-            obj = self.engine.load_bytes(data, reuse_maps={layout.STATS_MAP: stats_map_fd} if stats_map_fd else None)
+            obj = self.engine.load_bytes(data, reuse_maps=map_fds or None)
             try:
                 check_stats_map(obj)  # before the first read: a larger value would overrun the read buffer
             except ProbeError:
@@ -250,10 +272,10 @@ class NetworkMonitor(object):
         return obj
 
     def _pin(self, attachment):
-        """Pin the stats map, unless pinned already, then the attachment's hooks."""
+        """Pin the maps, unless pinned already, then the attachment's hooks."""
         try:
             if not self.pins.has_map():
-                self.pins.pin_map(self.stats_map.fd)
+                self.pins.pin_maps({name: self.object.map(name).fd for name in layout.MAPS})
             attachment.pins.pin({d: (h, _program(self.object, d, h.hook).fd)
                                  for d, h in attachment.hooks.items()})
         except Exception:
@@ -266,8 +288,8 @@ class NetworkMonitor(object):
     def _take_over(self, interface, index, pins):
         """Adopt the hooks a previous run left pinned, their counters in the pinned stats map kept; then swap in
         this run's programs."""
-        # Kept, counts and all, where the map is the one pinned; made, zeroed, where it is new (no map was pinned).
-        stats.add_keys(self.stats_map, index, reset=False)
+        # Kept, counts and all, where the maps are the ones pinned; given, zeroed, where they are new.
+        self.slots.add(index, reset=False)
         hooks = {}
         try:
             for direction, (hook, path, is_link) in sorted(pins.hooks().items()):
@@ -294,13 +316,14 @@ class NetworkMonitor(object):
         return attachment
 
     def reload(self):
-        """Read the object again, load it onto the same stats map and swap its programs in on every interface,
+        """Read the object again, load it onto the same maps and swap its programs in on every interface,
         counters kept. If it does not load, the running programs stay; an interface whose hooks refuse the swap
         keeps its old programs, counting on, and the first such refusal is raised once every other has swapped."""
         if self.object is None:
             return
-        obj = self._load(self.stats_map.fd)
+        obj = self._load({name: self.object.map(name).fd for name in layout.MAPS})
         self.object, old = obj, self.object
+        self.slots.slots_map, self.slots.stats_map = obj.map(layout.SLOTS_MAP), obj.map(layout.STATS_MAP)
         refused = []
         for a in self.attachments:
             try:
@@ -314,15 +337,15 @@ class NetworkMonitor(object):
 
     def packet_stats(self):
         """{interface: {direction: counters}} for every attached interface, cumulative since attach, read in one
-        walk of the stats map."""
+        lookup per slot and direction."""
         if not self.attachments:
             return {}
-        counted = stats.read_all(self.stats_map, [(a.ifindex, d) for a in self.attachments for d in a.hooks])
+        counted = self.slots.read_all([(a.ifindex, d) for a in self.attachments for d in a.hooks])
         return {a.interface: {d: counted[a.ifindex, d] for d in sorted(a.hooks)} for a in self.attachments}
 
     def detach(self, attachment):
-        """Detach from one interface and forget it (a vanished one too: the kernel has taken its hooks): its keys
-        deleted, its pins removed, and the stats map's pin too once no interface is left pinned."""
+        """Detach from one interface and forget it (a vanished one too: the kernel has taken its hooks): its
+        slot taken back, its pins removed, and the maps' pins too once no interface is left pinned."""
         self.attachments.remove(attachment)
         attachment.close(end=True)
         if self.pins:
@@ -337,6 +360,7 @@ class NetworkMonitor(object):
             if self.object is not None:
                 self.object.close()
                 self.object = None
+                self.slots = None
 
     def __enter__(self):
         return self

@@ -1,4 +1,4 @@
-"""Pinned state, opt-in (--pin DIR): DIR/knp_stats, the stats map every interface counts into, and DIR/IFACE/
+"""Pinned state, opt-in (--pin DIR): DIR/knp_stats and DIR/knp_slots, the maps every interface counts with, and DIR/IFACE/
 with what keeps each direction's hook on that interface, so the programs keep counting after the probe exits and
 the next run takes them over."""
 import errno
@@ -30,30 +30,56 @@ def _pin(fd, path):
 
 
 class PinRoot(object):
-    """DIR: the stats map's pin, shared by every interface, and a PinDir per interface."""
+    """DIR: the maps' pins (stats and slots), shared by every interface, and a PinDir per interface."""
 
     def __init__(self, root):
         self.path = root
         self.map_path = os.path.join(root, layout.STATS_MAP)
+        self.map_paths = {name: os.path.join(root, name) for name in layout.MAPS}
 
     def interface(self, name):
         """The pins of one interface."""
         return PinDir(self.path, name)
 
+    def interfaces(self):
+        """The names of the interfaces pinned here."""
+        if not os.path.isdir(self.path):
+            return []
+        return sorted(name for name in os.listdir(self.path) if os.path.isdir(os.path.join(self.path, name)))
+
     def has_map(self):
-        return os.path.exists(self.map_path)
+        """Whether the maps are pinned (both: a pin of one alone is an older version's, or half made)."""
+        return all(os.path.exists(path) for path in self.map_paths.values())
 
-    def open_map(self):
-        return syscall.obj_get(self.map_path)
+    def open_map(self, name):
+        return syscall.obj_get(self.map_paths[name])
 
-    def pin_map(self, map_fd):
+    def open_maps(self):
+        """{name: fd} of every pinned map; the caller closes them."""
+        fds = {}
+        try:
+            for name in layout.MAPS:
+                fds[name] = self.open_map(name)
+        except BaseException:
+            for fd in fds.values():
+                os.close(fd)
+            raise
+        return fds
+
+    def pin_maps(self, map_fds):
+        """Pin the maps, {name: fd}, the stats map last: has_map() is true only once all are."""
         _make_dir(self.path)
-        _pin(map_fd, self.map_path)
+        for name in sorted(map_fds, key=lambda n: n == layout.STATS_MAP):
+            if os.path.exists(self.map_paths[name]):
+                os.unlink(self.map_paths[name])  # half a pair, left by a run that stopped between two pins
+            _pin(map_fds[name], self.map_paths[name])
 
     def unpin_map_if_unused(self):
-        """Unpin the stats map once no interface's pins are left beside it: the kernel frees it with the last fd."""
-        if self.has_map() and not any(os.path.isdir(os.path.join(self.path, name)) for name in os.listdir(self.path)):
-            os.unlink(self.map_path)
+        """Unpin the maps once no interface's pins are left beside them: the kernel frees them with the last fd."""
+        if os.path.isdir(self.path) and not self.interfaces():
+            for path in self.map_paths.values():
+                if os.path.exists(path):
+                    os.unlink(path)
 
 
 class PinDir(object):

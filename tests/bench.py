@@ -202,7 +202,7 @@ def measure_programs(engine, empty_object, minimal_object, rounds, repeat):
             engine.load_file(minimal_object) as minimal_obj:
         # Test runs happen on the namespace's loopback: with its keys the probe's programs count, as on an
         # interface the probe follows, rather than take the shorter path of one it does not.
-        stats.add_keys(probe_obj.map(layout.STATS_MAP), LOOPBACK_IFINDEX)
+        stats.Slots.of(probe_obj).add(LOOPBACK_IFINDEX)
         for hook, key, prog_type, passes in HOOKS:
             programs = {"program": (probe_obj, layout.PROGRAMS[key]),
                         "empty": (empty_obj, program_of_type(empty_obj, empty_object, prog_type)),

@@ -70,7 +70,8 @@ SENDER_SPARE_SECONDS = 60.0
 # The veths' interface indexes start here ("KN"). probe.bpf.syscall.detach_xdp_links, which `kubenetprobe
 # detach` and attach_xdp(force=True) call, detaches every XDP link whose ifindex matches, in any namespace:
 # a test doing that on its own veth (ifindex 2 or 3 in its namespace) took this module's programs off too.
-IFINDEX_BASE = 0x4B4E0000
+# Below the probe's slots map (layout.MAX_IFINDEX, 1 << 20), which refuses a larger ifindex: 0x4B4E0 + 2 * 0x8000.
+IFINDEX_BASE = 0x4B4E0
 # A window whose program someone else detached meanwhile is measured again, up to this many times in all.
 WINDOW_TRIES = 3
 # How long close() waits for the kernel to remove the veth pair after the namespaces' last fd closed.
@@ -401,10 +402,10 @@ def still_attached(attachment, ifindex):
     return syscall.link_info(attachment.fd).ifindex == ifindex
 
 
-def probe_counted(stats_map, flood, side):
+def probe_counted(slots, flood, side):
     """Frames the probe's programs counted for a side ("rx" or "tx"), all hooks together: under the receiving
     veth's keys, or the sending one's."""
-    return stats.read(stats_map, flood.rx_index if side == "rx" else flood.tx_index, side)["packets"]
+    return slots.read(flood.rx_index if side == "rx" else flood.tx_index, side)["packets"]
 
 
 # ---- measurement -----------------------------------------------------------------------------------------
@@ -489,17 +490,17 @@ def measure(rounds, seconds, object_path, empty_object_path, warmup=0.5, frame_b
         for hook, side, probe_name in HOOKS:
             programs[(hook, "probe")] = probe_obj.program(probe_name)
             programs[(hook, "empty")] = empty_obj.program(empty[hook.split()[0]])
-        stats_map = probe_obj.map(layout.STATS_MAP)
+        slots = stats.Slots.of(probe_obj)
         sides = {hook: side for hook, side, _ in HOOKS}
         with Flood(frame_bytes, sender_cpu, receiver_cpu, duration, linear) as flood:
             for index in (flood.rx_index, flood.tx_index):
-                stats.add_keys(stats_map, index)  # as the probe does before it attaches: else nothing counts
+                slots.add(index)  # as the probe does before it attaches: else nothing counts
             time.sleep(1.0)  # the first frames: pages faulted in, caches and the NAPI kthread warm
             for r in range(rounds):
                 for config in round_order(units, r):
                     hook, role = config
                     side = sides.get(hook)
-                    counter = (lambda: probe_counted(stats_map, flood, side)) if role == "probe" else None
+                    counter = (lambda: probe_counted(slots, flood, side)) if role == "probe" else None
                     for attempt in range(WINDOW_TRIES):
                         result = measure_config(flood, hook, programs.get(config), warmup, seconds, counter)
                         if result is not None:

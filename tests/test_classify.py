@@ -136,9 +136,16 @@ assert len({case[0] for case in CASES}) == len(CASES), "case ids must be unique"
 
 # ---------------------------------------------------------------------------------------------- helpers, fixtures
 
+def slots_of(obj):
+    """The Slots of a loaded object, one per object (kept on it), as the monitor keeps one."""
+    if getattr(obj, "test_slots", None) is None:
+        obj.test_slots = stats.Slots.of(obj)
+    return obj.test_slots
+
+
 def read_counters(obj, direction, ifindex=LOOPBACK):
     """An interface's counters of one direction in an object's stats map (by default the test runs')."""
-    return stats.read(obj.map(layout.STATS_MAP), ifindex, direction)
+    return slots_of(obj).read(ifindex, direction)
 
 
 def zero_counters():
@@ -227,7 +234,7 @@ def load(engine):
     loaded = engine.load_bytes(embedded_object())
     try:
         check_stats_map(loaded)  # before any read: the counters must be in the layout this test decodes
-        stats.add_keys(loaded.map(layout.STATS_MAP), LOOPBACK)
+        slots_of(loaded).add(LOOPBACK)
     except BaseException:
         loaded.close()
         raise
@@ -316,18 +323,19 @@ def test_separate_objects_count_separately(engine, obj):
     assert_counters(obj, [])
 
 
-def test_interface_without_keys_counts_nowhere(engine, hook):
-    """The programs only look keys up: on an interface the probe does not follow (no keys) a frame is handed on
-    and the map stays empty."""
+def test_interface_without_a_slot_counts_nowhere(engine, hook):
+    """The programs only look slots up: on an interface the probe does not follow (no slot) a frame is handed on
+    and the stats map stays at zero."""
     with engine.load_bytes(embedded_object()) as bare:
         run(bare, hook, ether(ETH_IP, ipv4(TCP, tcp())), repeat=5)
-        assert bare.map(layout.STATS_MAP).items() == []
+        zero = bytes(layout.STATS.size)
+        assert all(v == [zero] * len(v) for _, v in bare.map(layout.STATS_MAP).items())
 
 
 def test_counts_land_under_their_interface_alone(obj, hook):
     """Another interface's keys in the same map stay at zero."""
     other = LOOPBACK + 1000
-    stats.add_keys(obj.map(layout.STATS_MAP), other)
+    slots_of(obj).add(other)
     frame = ether(ETH_IPV6, ipv6(TCP, tcp()))
     run(obj, hook, frame, repeat=2)
     assert_counters(obj, [(frame, "ipv6", "tcp", 2)], HOOKS[hook][1])
@@ -422,7 +430,7 @@ def attach(obj, interface, programs, owner=layout.OWNER):
     """TCX links of an object's programs, {hook: name}, on an interface (with its keys, for the probe's); close them
     after use."""
     if layout.STATS_MAP in obj.maps:
-        stats.add_keys(obj.map(layout.STATS_MAP), interfaces.ifindex(interface))
+        slots_of(obj).add(interfaces.ifindex(interface))
     return [tc.attach_tc(obj.program(name).fd, interface, hook, owner, method="link")
             for hook, name in programs.items()]
 

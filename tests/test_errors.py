@@ -202,12 +202,30 @@ PER_DIRECTION_SLOTS = textwrap.dedent("""
     char LICENSE[] SEC("license") = "GPL";
 """)
 
+# An object of the version that shared one per-CPU hash, keyed by (ifindex, direction), among all interfaces.
+IFINDEX_HASH = textwrap.dedent("""
+    #include <linux/bpf.h>
+    #include <bpf/bpf_helpers.h>
+    #include "kubenetprobe.h"
+    struct knp_key { __u32 ifindex; __u32 direction; };
+    struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, KNP_MAX_INTERFACES * KNP_DIR_MAX);
+             __uint(map_flags, BPF_F_NO_PREALLOC); __type(key, struct knp_key); __type(value, struct knp_stats);
+    } knp_stats SEC(".maps");
+    SEC("xdp")
+    int kubenetprobe_rx(struct xdp_md *ctx)
+    {
+        return XDP_PASS;
+    }
+    char LICENSE[] SEC("license") = "GPL";
+""")
+
 
 @pytest.mark.integration
 @pytest.mark.parametrize("source, differs", [
     (bpf_source("other_layout.bpf.c"), "value_size 8, not 144"),
-    (PER_DIRECTION_SLOTS, "flags 0, not 1; key_size 4, not 8; max_entries 2, not 16384; type 6, not 5"),
-], ids=["value", "per-direction-slots"])
+    (PER_DIRECTION_SLOTS, "max_entries 2, not 16386"),
+    (IFINDEX_HASH, "flags 1, not 0; key_size 8, not 4; max_entries 16384, not 16386; type 5, not 6"),
+], ids=["value", "per-direction-slots", "ifindex-hash"])
 def test_object_with_another_map_layout(tmp_path, pair, source, differs):
     """Refused before anything is attached or read, naming what differs."""
     pyz = pyz_with_object(tmp_path, compile_bpf(tmp_path, source).read_bytes())

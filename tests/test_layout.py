@@ -70,31 +70,45 @@ def test_btf_knp_stats_matches_layout(btf):
         assert resolve(btf, array["type_id"]) is counter, name
 
 
-def test_btf_knp_key_is_ifindex_then_direction(btf):
-    """struct knp_key is __u32 ifindex at 0, __u32 direction at 4: layout.KEY, "=II"."""
-    key = named(btf, "STRUCT", "knp_key")
-    assert key["size"] == layout.KEY.size == struct.calcsize("=II")
-    fields = members(btf, key)
-    assert sorted(fields) == ["direction", "ifindex"]
-    assert (fields["ifindex"][0], fields["direction"][0]) == (0, 4)
-    for _, t in fields.values():
-        assert (t["kind"], t["size"], t["encoding"]) == ("INT", 4, "(none)")  # unsigned 32-bit
-    assert layout.key(7, "tx") == struct.pack("=II", 7, layout.DIRECTIONS.index("tx"))
+def test_stats_key_is_slot_then_direction():
+    """The stats map's key is KNP_STATS_KEY(slot, direction), slot * 2 + direction, a __u32: layout.KEY, "=I"."""
+    assert layout.KEY.size == layout.SLOT.size == struct.calcsize("=I")
+    assert layout.key(7, "tx") == struct.pack("=I", 7 * 2 + layout.DIRECTIONS.index("tx"))
+    assert layout.key(1, "rx") == struct.pack("=I", 2)
+
+
+def map_fields(btf, name):
+    fields = members(btf, resolve(btf, named(btf, "VAR", name)["type_id"]))
+
+    def pointee(field):  # __uint(name, N) is int (*name)[N]; __type(name, T) is T *name
+        return resolve(btf, fields[field][1]["type_id"])
+    return fields, pointee
+
+
+def assert_u32(t):
+    assert (t["kind"], t["size"], t["encoding"]) == ("INT", 4, "(none)")  # unsigned 32-bit
 
 
 def test_btf_stats_map_matches_layout(btf):
-    """Map knp_stats: a per-CPU hash (what decode_stats sums), not preallocated, room for MAX_INTERFACES
-    interfaces of a key per direction, knp_key keys, knp_stats values."""
-    fields = members(btf, resolve(btf, named(btf, "VAR", layout.STATS_MAP)["type_id"]))
-
-    def pointee(name):  # __uint(name, N) is int (*name)[N]; __type(name, T) is T *name
-        return resolve(btf, fields[name][1]["type_id"])
-
-    assert pointee("type")["nr_elems"] == layout.STATS_MAP_TYPE == constants.BPF_MAP_TYPE_PERCPU_HASH
-    assert pointee("map_flags")["nr_elems"] == layout.STATS_MAP_FLAGS == constants.BPF_F_NO_PREALLOC
-    assert pointee("max_entries")["nr_elems"] == layout.MAX_ENTRIES == layout.MAX_INTERFACES * len(layout.DIRECTIONS)
-    assert pointee("key") is named(btf, "STRUCT", "knp_key")
+    """Map knp_stats: a per-CPU array (what decode_stats sums), room for MAX_INTERFACES slots after slot 0, a key
+    per direction, __u32 keys, knp_stats values."""
+    fields, pointee = map_fields(btf, layout.STATS_MAP)
+    assert "map_flags" not in fields
+    assert pointee("type")["nr_elems"] == layout.STATS_MAP_TYPE == constants.BPF_MAP_TYPE_PERCPU_ARRAY
+    assert pointee("max_entries")["nr_elems"] == layout.MAX_ENTRIES == (layout.MAX_INTERFACES + 1) * len(
+        layout.DIRECTIONS)
+    assert_u32(pointee("key"))
     assert pointee("value") is named(btf, "STRUCT", "knp_stats")
+
+
+def test_btf_slots_map_matches_layout(btf):
+    """Map knp_slots: an array (not per-CPU), ifindex (__u32) -> slot (__u32), room for MAX_IFINDEX ifindexes."""
+    fields, pointee = map_fields(btf, layout.SLOTS_MAP)
+    assert "map_flags" not in fields
+    assert pointee("type")["nr_elems"] == layout.SLOTS_MAP_TYPE == constants.BPF_MAP_TYPE_ARRAY
+    assert pointee("max_entries")["nr_elems"] == layout.MAX_IFINDEX == 1 << 20
+    assert_u32(pointee("key"))
+    assert_u32(pointee("value"))
 
 
 def test_btf_functions_are_the_layout_programs(btf):

@@ -52,10 +52,19 @@ def two(pair):
         yield pair
 
 
+def followed(slots_map):
+    """{ifindex: slot} of every interface the slots map gives a slot (one walk of it)."""
+    zero = layout.SLOT.pack(0)
+    return {layout.SLOT.unpack(k)[0]: layout.SLOT.unpack(v)[0] for k, v in slots_map.items() if v != zero}
+
+
 def keys(monitor):
-    """The stats map's keys as (ifindex, direction) pairs."""
-    return sorted((ifindex, layout.DIRECTIONS[d]) for ifindex, d in
-                  (layout.KEY.unpack(k) for k, _ in monitor.stats_map.items()))
+    """(ifindex, direction) of each direction of every interface with a slot, the slots all distinct and the
+    ones the monitor gave."""
+    given = followed(monitor.slots_map)
+    assert given == monitor.slots.given
+    assert len(set(given.values())) == len(given)
+    return sorted((ifindex, d) for ifindex in given for d in layout.DIRECTIONS)
 
 
 def both_keys(*attachments):
@@ -137,7 +146,7 @@ def test_a_reused_ifindex_starts_at_zero(two):
         assert gone.counters("rx")["packets"] == 7
         sh("ip", "-n", pair.probe_ns, "link", "del", SECOND_IF)
         monitor.detach(gone)
-        assert monitor.stats_map.items() == []
+        assert keys(monitor) == []
         add_veth(pair, "knp4", "knp5", index=gone.ifindex)
         reused = monitor.attach("knp4")
         assert reused.ifindex == gone.ifindex
@@ -199,9 +208,9 @@ def test_reload_swaps_every_interface_with_one_load(two):
     assert (counted[pair.probe_if]["rx"]["packets"], counted[SECOND_IF]["rx"]["packets"]) == (5, 4)
 
 
-def pinned_map(root):
-    """The stats map pinned in root, as a Map (its fd closed by the caller)."""
-    return Map(syscall.obj_get(os.path.join(root, layout.STATS_MAP)))
+def pinned_map(root, name=layout.SLOTS_MAP):
+    """A map pinned in root, as a Map (its fd closed by the caller)."""
+    return Map(syscall.obj_get(os.path.join(root, name)))
 
 
 @pytest.mark.parametrize("loader", ["libbpf", "native"])
@@ -216,7 +225,7 @@ def test_pinned_interfaces_share_one_map_taken_over_and_detached_one_by_one(two,
         send(pair, [frame()] * 4, SECOND_PEER)
         settle()
         indexes = (first.ifindex, second.ifindex)
-    assert sorted(os.listdir(root)) == sorted(["knp_stats", pair.probe_if, SECOND_IF])
+    assert sorted(os.listdir(root)) == sorted(["knp_stats", "knp_slots", pair.probe_if, SECOND_IF])
     send(pair, [frame()] * 5, SECOND_PEER)  # counted while no probe runs
     with NetworkMonitor(pin_dir=root, loader=loader) as monitor:
         first, second = monitor.attach(pair.probe_if), monitor.attach(SECOND_IF)
@@ -225,13 +234,13 @@ def test_pinned_interfaces_share_one_map_taken_over_and_detached_one_by_one(two,
         counted = monitor.packet_stats()
         assert (counted[pair.probe_if]["rx"]["packets"], counted[SECOND_IF]["rx"]["packets"]) == (3, 9)
     assert cli.main(["detach", "-i", pair.probe_if, "--pin", root]) == cli.EXIT_OK
-    assert sorted(os.listdir(root)) == sorted(["knp_stats", SECOND_IF])
+    assert sorted(os.listdir(root)) == sorted(["knp_stats", "knp_slots", SECOND_IF])
     assert pair.probe_programs() == [] and pair.probe_programs(SECOND_IF) != []
-    stats_map = pinned_map(root)
+    slots_map = pinned_map(root)
     try:
-        assert sorted(layout.KEY.unpack(k)[0] for k, _ in stats_map.items()) == [indexes[1]] * 2
+        assert list(followed(slots_map)) == [indexes[1]]
     finally:
-        os.close(stats_map.fd)
+        os.close(slots_map.fd)
     assert cli.main(["detach", "-i", SECOND_IF, "--pin", root]) == cli.EXIT_OK
     assert os.listdir(root) == []
     assert pair.probe_programs(SECOND_IF) == []
@@ -246,43 +255,78 @@ def test_monitor_detach_of_a_pinned_interface_ends_its_pins(two, bpffs, method):
     with NetworkMonitor(pin_dir=root) as monitor:
         first, second = monitor.attach(pair.probe_if, method=method), monitor.attach(SECOND_IF, method=method)
         monitor.detach(first)
-        assert sorted(os.listdir(root)) == sorted(["knp_stats", SECOND_IF])
+        assert sorted(os.listdir(root)) == sorted(["knp_stats", "knp_slots", SECOND_IF])
         assert keys(monitor) == both_keys(second)
         assert pair.probe_programs() == []
         sh("ip", "-n", pair.probe_ns, "link", "del", SECOND_IF)
         monitor.detach(second)
-        assert os.listdir(root) == [] and monitor.stats_map.items() == []
+        assert os.listdir(root) == [] and keys(monitor) == []
         again = monitor.attach(pair.probe_if)  # the map pinned again for the next one
-        assert sorted(os.listdir(root)) == sorted(["knp_stats", pair.probe_if])
+        assert sorted(os.listdir(root)) == sorted(["knp_stats", "knp_slots", pair.probe_if])
         monitor.detach(again)
     assert os.listdir(root) == []
 
 
 def test_stats_map_room_for_max_interfaces():
-    """MAX_INTERFACES interfaces' keys fit; one more is refused, saying so; deleting keys makes room again."""
+    """MAX_INTERFACES interfaces get a slot each; one more is refused, saying so; letting one go makes room again,
+    its slot given again at zero."""
     with open_engine("libbpf").load_bytes(embedded_object()) as obj:
-        stats_map = obj.map(layout.STATS_MAP)
+        slots = stats.Slots.of(obj)
         for ifindex in range(1, layout.MAX_INTERFACES + 1):
-            stats.add_keys(stats_map, ifindex)
+            slots.add(ifindex)
+        assert sorted(slots.given.values()) == list(range(1, layout.MAX_INTERFACES + 1))
         with pytest.raises(KernelError) as full:
-            stats.add_keys(stats_map, layout.MAX_INTERFACES + 1)
+            slots.add(layout.MAX_INTERFACES + 1)
         assert full.value.errno == errno.E2BIG
         assert str(full.value) == ("the stats map is full: it counts 8192 interfaces at most; let some go, or build "
                                    "the object with a larger KNP_MAX_INTERFACES")
-        stats.delete_keys(stats_map, 1)
-        stats.delete_keys(stats_map, 1)  # none left: nothing to do
-        stats.add_keys(stats_map, layout.MAX_INTERFACES + 1)
+        slot = slots.given[1]
+        slots.stats_map.update(layout.key(slot, "rx"), [layout.STATS.pack(*range(1, 19))] * slots.stats_map.ncpus)
+        slots.remove(1)
+        slots.remove(1)  # not followed: nothing to do
+        assert stats.slot_of(slots.slots_map, 1) == 0
+        assert slots.add(layout.MAX_INTERFACES + 1) == slot
+        assert slots.read(layout.MAX_INTERFACES + 1, "rx") == layout.decode_stats([])
 
 
-
-def test_add_keys_zeroes_unless_told_to_keep():
-    """A new attach zeroes an interface's keys (a reused ifindex starts at zero); a take-over keeps them."""
+def test_an_ifindex_beyond_the_slots_map_is_refused():
+    """An ifindex the slots map has no room for: refused in one line saying what to do, nothing given."""
     with open_engine("libbpf").load_bytes(embedded_object()) as obj:
-        stats_map = obj.map(layout.STATS_MAP)
-        counts = [layout.STATS.pack(*range(1, 19))] * stats_map.ncpus
+        slots = stats.Slots.of(obj)
+        with pytest.raises(KernelError) as beyond:
+            slots.add(layout.MAX_IFINDEX)
+        assert beyond.value.errno == errno.E2BIG
+        assert "\n" not in str(beyond.value)
+        assert str(beyond.value).startswith("ifindex 1048576 is beyond the 1048576 the slots map has room for; ")
+        assert slots.given == {}
+        slots.add(layout.MAX_IFINDEX - 1)
+
+
+def test_add_zeroes_unless_told_to_keep():
+    """A new attach zeroes an interface's slot (a reused ifindex or slot starts at zero); a take-over keeps the
+    slot the maps give it, counters and all."""
+    with open_engine("libbpf").load_bytes(embedded_object()) as obj:
+        first = stats.Slots.of(obj)
+        slot = first.add(5)
+        counts = [layout.STATS.pack(*range(1, 19))] * first.stats_map.ncpus
         for direction in layout.DIRECTIONS:
-            stats_map.update(layout.key(5, direction), counts)
-        stats.add_keys(stats_map, 5, reset=False)
-        assert stats.read(stats_map, 5, "tx") == layout.decode_stats(counts)
-        stats.add_keys(stats_map, 5)
-        assert stats.read(stats_map, 5, "tx") == layout.decode_stats([])
+            first.stats_map.update(layout.key(slot, direction), counts)
+        later = stats.Slots.of(obj)  # a later run, on the same (pinned) maps
+        later.rebuild({5})
+        assert later.add(5, reset=False) == slot
+        assert later.read(5, "tx") == layout.decode_stats(counts)
+        assert later.add(5) == slot
+        assert later.read(5, "tx") == layout.decode_stats([])
+
+
+def test_rebuild_holds_the_slots_of_interfaces_still_there():
+    """A later run on pinned maps holds every slot given to an interface still there (never giving it again) and
+    stops the slots of ifindexes gone."""
+    with open_engine("libbpf").load_bytes(embedded_object()) as obj:
+        first = stats.Slots.of(obj)
+        given = {ifindex: first.add(ifindex) for ifindex in (3, 9, 40)}
+        later = stats.Slots.of(obj)
+        later.rebuild({3, 40, 41})  # 9 is gone
+        assert later.given == {3: given[3], 40: given[40]}
+        assert stats.slot_of(later.slots_map, 9) == 0
+        assert later.add(41) not in (given[3], given[40])

@@ -534,4 +534,4 @@ def test_native_loader_gives_the_kernel_the_programs_btf():
         dump = subprocess.run([tool("bpftool"), "prog", "dump", "xlated", "id", str(prog_id)], stdout=subprocess.PIPE,
                               universal_newlines=True, check=True).stdout
     assert shown.get("btf_id", 0) > 0
-    assert "; struct knp_key key = { .ifindex = ctx->ingress_ifindex, .direction = KNP_DIR_RX };" in dump
+    assert "; __u32 *slot = bpf_map_lookup_elem(&knp_slots, &ifindex);" in dump

@@ -178,11 +178,11 @@ def test_pinned_state_outlives_the_probe_and_is_taken_over(pair, bpffs, hook, me
             assert "left pinned in %s" % pins in first.stderr
             kept = first.attached()
             assert kept is not None, "pinned programs must stay after the probe exits"
-            # The stats map shared by every interface, then the interface's hooks in a folder of its own.
-            assert sorted(os.listdir(pins)) == sorted(["knp_stats", pair.probe_if])
+            # The maps shared by every interface, then the interface's hooks in a folder of its own.
+            assert sorted(os.listdir(pins)) == sorted(["knp_stats", "knp_slots", pair.probe_if])
             names = ["rx_%s_%s" % (hook, kind), "tx_tc_%s" % kind]
             assert sorted(os.listdir(os.path.join(pins, pair.probe_if))) == names
-            for name in ["knp_stats"] + [os.path.join(pair.probe_if, name) for name in names]:
+            for name in ["knp_stats", "knp_slots"] + [os.path.join(pair.probe_if, name) for name in names]:
                 st = os.stat(os.path.join(pins, name))
                 assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600)
             second = runs.enter_context(ProbeRun(pair, *options))
@@ -214,9 +214,9 @@ def test_pin_mounts_a_bpffs_at_sys_fs_bpf(pair):
                       'ls /sys/fs/bpf/knp/knp0', "sh", sys.executable, PYZ, "-i", pair.probe_if, "--pin",
                       "/sys/fs/bpf/knp", "--count", "1", "--interval", "0", "--json", check=False)
     assert result.returncode == 0, result.stderr
-    report, fs_type, files = result.stdout.splitlines()[0], result.stdout.splitlines()[1], result.stdout.split()[-4:]
+    report, fs_type, files = result.stdout.splitlines()[0], result.stdout.splitlines()[1], result.stdout.split()[-5:]
     assert json.loads(report)["final"] is True
-    assert fs_type == "bpf_fs" and sorted(files) == sorted(["knp_stats", "knp0", "rx_tc_link", "tx_tc_link"])
+    assert fs_type == "bpf_fs" and sorted(files) == sorted(["knp_stats", "knp_slots", "knp0", "rx_tc_link", "tx_tc_link"])
 
 
 @pytest.mark.parametrize("source,reason", [

@@ -55,24 +55,29 @@ def raw_sh_name(data, index):
 
 # The project's object
 
-def test_stats_map(objspec):
-    assert sorted(objspec.maps) == [layout.STATS_MAP]
+def test_maps(objspec):
+    assert sorted(objspec.maps) == sorted(layout.MAPS)
     m = objspec.maps[layout.STATS_MAP]
     assert m.name == layout.STATS_MAP
-    assert m.type == constants.BPF_MAP_TYPE_PERCPU_HASH == 5
-    assert m.key_size == layout.KEY.size == 8
+    assert m.type == constants.BPF_MAP_TYPE_PERCPU_ARRAY == 6
+    assert m.key_size == layout.KEY.size == 4
     assert m.value_size == layout.STATS.size
-    assert m.max_entries == layout.MAX_ENTRIES == 16384
-    assert m.flags == constants.BPF_F_NO_PREALLOC
+    assert m.max_entries == layout.MAX_ENTRIES == 16386
+    assert m.flags == 0
+    s = objspec.maps[layout.SLOTS_MAP]
+    assert (s.name, s.type, s.key_size, s.value_size, s.max_entries, s.flags) == (
+        layout.SLOTS_MAP, constants.BPF_MAP_TYPE_ARRAY, 4, 4, layout.MAX_IFINDEX, 0)
 
 
-def test_stats_map_btf_ids(objspec):
+def test_maps_btf_ids(objspec):
     types = btf.parse_btf(objspec.btf)
-    m = objspec.maps[layout.STATS_MAP]
-    key, value = types.type_by_id(m.btf_key_type_id), types.type_by_id(m.btf_value_type_id)
-    assert (key.kind, key.name) == (btf.BTF_KIND_STRUCT, "knp_key")
-    assert (value.kind, value.name) == (btf.BTF_KIND_STRUCT, "knp_stats")
-    assert types.size_of(key.id) == m.key_size and types.size_of(value.id) == m.value_size
+    for name, value_name in ((layout.STATS_MAP, "knp_stats"), (layout.SLOTS_MAP, None)):
+        m = objspec.maps[name]
+        key, value = types.type_by_id(m.btf_key_type_id), types.type_by_id(m.btf_value_type_id)
+        assert types.size_of(key.id) == m.key_size == 4
+        assert types.size_of(value.id) == m.value_size
+        if value_name:
+            assert (value.kind, value.name) == (btf.BTF_KIND_STRUCT, value_name)
 
 
 def test_program(objspec):
@@ -86,7 +91,7 @@ def test_program(objspec):
         assert prog.instructions and len(prog.instructions) % 8 == 0
         assert prog.map_relocations
         for index, map_name in prog.map_relocations:
-            assert map_name == layout.STATS_MAP
+            assert map_name in layout.MAPS
             assert prog.instructions[index * 8] == constants.BPF_LD_IMM64
             assert (index + 2) * 8 <= len(prog.instructions)
 
@@ -151,7 +156,7 @@ def test_btf_fixup(objspec, data, tmp_path):
     path = tmp_path / "fixed.btf"
     path.write_bytes(objspec.btf)
     text = run(tool("bpftool"), "btf", "dump", "file", str(path), "format", "raw")
-    assert "DATASEC '.maps' size=40 vlen=1" in text  # knp_stats: type, max_entries, map_flags, key, value
+    assert "DATASEC '.maps' size=64 vlen=2" in text  # knp_slots, knp_stats: type, max_entries, key, value each
     assert "DATASEC 'license' size=13 vlen=1" in text
 
 
@@ -391,7 +396,7 @@ def test_big_endian_object(tmp_path, objspec):
         assert s.programs[name].instructions and len(s.programs[name].instructions) % 8 == 0
     fixed = btf.parse_btf(s.btf)
     assert fixed.byteorder == ">"
-    assert fixed.find(".maps", btf.BTF_KIND_DATASEC).size == 40
+    assert fixed.find(".maps", btf.BTF_KIND_DATASEC).size == 64
 
 
 def test_func_and_line_info(objspec, data):

@@ -14,6 +14,11 @@ def ifindex(interface):
         raise ProbeError("no such interface: %s" % interface, hint="list interfaces with `ip link show`")
 
 
+def indexes():
+    """The indexes of every network interface in this namespace."""
+    return set(index for index, _ in _socket.if_nameindex())
+
+
 def match(name, patterns, excludes=()):
     """Whether a name matches a shell-style pattern (patterns None: --all, every one but lo) and no exclude."""
     import fnmatch  # only a choice by pattern pays for re
