@@ -356,10 +356,16 @@ def run(args):
             attach(name)
         follower = Follower(monitor, patterns, args.exclude, attach) if follow else None
         with contextlib.ExitStack() as stack:
+            reporter = Reporter(monitor)
+
+            def farewell(a):
+                return reporter.report(a, final=True)
+
             if follower is not None:
                 stack.callback(follower.close)
-                follower.start()
-            reporter = Reporter(monitor)
+                finals = follower.start(farewell)
+                if not quiet:
+                    printer.write(finals)
             lock = _serve(args.listen, monitor, stack) if args.listen else _UNLOCKED
             done = 0
             due = time.monotonic() + args.interval
@@ -370,10 +376,7 @@ def run(args):
                         _reload(monitor, args.verbose)
                         continue
                     if event == signals.OTHER:
-                        gone = follower.update()
-                        finals = [reporter.report(a, final=True) for a in gone]
-                        for a in gone:
-                            follower.release(a)
+                        finals = follower.update(farewell)
                         if not quiet:
                             printer.write(finals)
                         continue

@@ -30,27 +30,38 @@ class Follower(object):
     def fileno(self):
         return self.events.fileno()
 
-    def start(self):
-        """Attach to every matching interface there now."""
-        self._resync()
+    def start(self, report):
+        """Attach to every matching interface there now; an attached one already gone is handed to report()
+        and released, as in update(). Returns what report() returned."""
+        return self._resync(report)
 
-    def update(self):
-        """Apply the link events that arrived; returns the attachments of interfaces that went away, closed
-        only once the caller has reported them (release())."""
-        gone = []
+    def update(self, report):
+        """Apply the link events that arrived. Each interface that went away is handed to report() (its keys
+        still there to read) and released at once, before the next event: a new interface may take its name.
+        Returns what report() returned, in order."""
+        finals = []
         for kind, found in self.events.read():
             if kind == "resync":
-                gone += self._resync()
+                finals += self._resync(report)
             elif kind == "del":
-                gone += self._gone(found.ifindex)
+                self._refused.discard(found.ifindex)
+                current = self._by_index(found.ifindex)
+                if current is not None:
+                    finals.append(self._farewell(current, report))
             else:
                 self._new(found)
-        return gone
+        return finals
 
     def release(self, attachment):
         """Detach a vanished interface's programs and free its counters."""
         self.monitor.detach(attachment)
         log.debug("%s: gone; released", attachment.interface)
+
+    def _farewell(self, attachment, report):
+        """report() a vanished interface, then release it."""
+        final = report(attachment)
+        self.release(attachment)
+        return final
 
     def close(self):
         self.events.close()
@@ -67,6 +78,13 @@ class Follower(object):
             return
         if found.ifindex in self._refused or not interfaces.match(found.name, self.patterns, self.excludes):
             return
+        # Attaching goes by name: if the name has moved on (renamed, deleted, taken by another interface), a
+        # later event says where it went, and this one's attach would fail or take another interface.
+        try:
+            if interfaces.ifindex(found.name) != found.ifindex:
+                return
+        except ProbeError:
+            return
         try:
             self._attach(found.name)
         except KernelError as e:
@@ -82,16 +100,12 @@ class Follower(object):
         self._refused.add(found.ifindex)
         log.warning("%s: not attached: %s", found.name, error)
 
-    def _gone(self, ifindex):
-        self._refused.discard(ifindex)
-        current = self._by_index(ifindex)
-        return [current] if current is not None else []
-
-    def _resync(self):
-        """Make the attachments what the listing says: new interfaces attached, vanished ones returned."""
+    def _resync(self, report):
+        """Make the attachments what the listing says: vanished ones reported and released, then new interfaces
+        attached; returns what report() returned."""
         present = netlink.links()
         indexes = {found.ifindex for found in present}
-        gone = [a for a in self.monitor.attachments if a.ifindex not in indexes]
+        finals = [self._farewell(a, report) for a in list(self.monitor.attachments) if a.ifindex not in indexes]
         for found in present:
             self._new(found)
-        return gone
+        return finals

@@ -36,8 +36,12 @@ class FakeAttachment(object):
 
     interface, ifindex, reloads = "eth0", 2, 3
 
-    def __init__(self, hooks):
+    def __init__(self, hooks, interface=None, ifindex=None):
         self.hooks = hooks
+        if interface is not None:
+            self.interface = interface
+        if ifindex is not None:
+            self.ifindex = ifindex
         self.values = {direction: [] for direction in hooks}
 
     def counters(self, direction):
