@@ -9,8 +9,9 @@ import sys
 import time
 
 import probe
-from probe import layout, log, stats
+from probe import layout, stats
 from probe.attach import tc, xdp
+from probe.bpf import log
 from probe.bpf.engine import LOADERS
 from probe.bpf.objects import Map
 from probe.errors import ProbeError

@@ -2,7 +2,7 @@
 next wake-up after it appears, and released, with one last report, when it disappears."""
 import errno
 
-from probe import log
+from probe.bpf import log
 from probe.errors import KernelError, ProbeError
 from probe.net import events, interfaces
 from probe.net import link as netlink

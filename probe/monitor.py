@@ -1,11 +1,10 @@
 """Attach lifecycle and counters: the probe on a set of interfaces, reloads, pinned state."""
+import errno
 import os
 
-import errno
-
-from probe import layout, log, stats
+from probe import layout, stats
 from probe.attach import tc, xdp
-from probe.bpf import syscall
+from probe.bpf import log, syscall
 from probe.bpf.engine import open_engine
 from probe.bpf.pin import ensure_bpffs
 from probe.bytecode import embedded_object

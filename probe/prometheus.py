@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 
-from probe import log
+from probe.bpf import log
 from probe.errors import ProbeError
 
 DEFAULT_HOST = "127.0.0.1"

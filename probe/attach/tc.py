@@ -18,7 +18,7 @@ import collections
 import errno
 import os
 
-from probe import log
+from probe.bpf import log
 from probe.attach.common import LinkAttachment, program_name
 from probe.bpf import syscall
 from probe.bpf.constants import BPF_LINK_TYPE_TCX, BPF_TCX_EGRESS, BPF_TCX_INGRESS

@@ -5,7 +5,7 @@ Whose a program is goes by its name's prefix, the `owner` every call here takes 
 import errno
 import os
 
-from probe import log
+from probe.bpf import log
 from probe.attach.common import LinkAttachment, program_fd, program_name
 from probe.bpf import syscall
 from probe.bpf.constants import (XDP_FLAGS_DRV_MODE, XDP_FLAGS_REPLACE, XDP_FLAGS_SKB_MODE,

@@ -2,7 +2,7 @@
 engine to use."""
 import resource
 
-from probe import log
+from probe.bpf import log
 from probe.errors import ProbeError, VerifierError
 
 LOADERS = ("auto", "libbpf", "native")

@@ -4,7 +4,7 @@ import errno
 import os
 import re
 
-from probe import log
+from probe.bpf import log
 from probe.bpf import syscall
 from probe.bpf.engine import Engine, raise_memlock_limit, verifier_error
 from probe.bpf.objects import LoadedObject

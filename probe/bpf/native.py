@@ -10,7 +10,7 @@ import os
 import resource
 import sys
 
-from probe import log
+from probe.bpf import log
 from probe.bpf import syscall
 from probe.bpf.constants import (BPF_BTF_LOAD, BPF_INSN_SIZE, BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_CGROUP_ARRAY,
                                  BPF_MAP_TYPE_CPUMAP, BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_DEVMAP_HASH,
