@@ -366,7 +366,7 @@ def run(args):
                 stack.callback(follower.close)
                 finals = follower.start(farewell)
                 if not quiet:
-                    printer.write(finals)
+                    printer.vanished(finals)
             lock = _serve(args.listen, monitor, stack) if args.listen else _UNLOCKED
             done = 0
             due = time.monotonic() + args.interval
@@ -379,7 +379,7 @@ def run(args):
                     if event == signals.OTHER:
                         finals = follower.update(farewell)
                         if not quiet:
-                            printer.write(finals)
+                            printer.vanished(finals)
                         continue
                     done += 1
                     last = event == signals.STOP or (args.count is not None and done >= args.count)

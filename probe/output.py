@@ -1,25 +1,7 @@
-"""How reports are printed: a readable block on a terminal, plain columns in a pipe, or JSON lines."""
+"""How reports are printed: a table redrawn in place on a terminal, plain columns in a pipe, or JSON lines."""
+import shutil
+
 from probe import layout
-
-
-def human_bytes(n):
-    """1536 -> "1.5 KiB"."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return "%d %s" % (n, unit) if unit == "B" else "%.1f %s" % (n, unit)
-        n /= 1024.0
-
-
-def human_rate(n, unit):
-    """9800, "bit/s" -> "9.8 kbit/s" (SI prefixes, as rates are usually given)."""
-    for prefix in ("", "k", "M", "G", "T"):
-        if n < 1000 or prefix == "T":
-            return "%.1f %s%s" % (n, prefix, unit)
-        n /= 1000.0
-
-
-def _classes(counters, names):
-    return "  ".join("%s %d" % (name, counters[name]["packets"]) for name in names)
 
 
 def _where(report, direction):
@@ -28,22 +10,67 @@ def _where(report, direction):
     return "%s %s" % (hook, report["mode"]) if hook == "xdp" else hook
 
 
-def format_block(report):
-    """A report for a person at a terminal."""
-    lines = ["%s  %s%s" % (report["time"][:19].replace("T", " "), report["interface"],
-                           "  final" if report["final"] else "")]
+def _top(report, level, names):
+    """The class of a level with most packets in both directions, and its share: "ipv4 98%"."""
+    counts = [sum(report[d][level][n]["packets"] for d in layout.DIRECTIONS if d in report) for n in names]
+    total = sum(counts)
+    if not total:
+        return "-"
+    top = max(range(len(names)), key=counts.__getitem__)
+    return "%s %d%%" % (names[top], 100 * counts[top] // total)
+
+
+def _compact(n):
+    """9800 -> "9.8k": a rate in a table column, its unit in the column's head."""
+    for prefix in ("", "k", "M", "G"):
+        if n < 1000 or prefix == "G":
+            return ("%.0f%s" if prefix == "" else "%.1f%s") % (n, prefix)
+        n /= 1000.0
+
+
+_HEAD = ("INTERFACE", "RX pps", "RX bit/s", "TX pps", "TX bit/s", "RX packets", "TX packets", "L3", "L4", "")
+_ALIGN = ("<", ">", ">", ">", ">", ">", ">", "<", "<", "<")
+
+
+def _row(report, gone):
+    cells = [report["interface"]]
     for direction in layout.DIRECTIONS:
-        if direction not in report:
-            continue
-        c = report[direction]
-        lines += [
-            "  %s  %d packets  %s  %s  %s  (%s)" % (direction, c["packets"], human_bytes(c["bytes"]),
-                                                  human_rate(c["pps"], "pps"), human_rate(c["bps"], "bit/s"),
-                                                  _where(report, direction)),
-            "      l3  " + _classes(c["l3"], layout.L3),
-            "      l4  " + _classes(c["l4"], layout.L4),
-        ]
-    return "\n".join(lines + [""])
+        c = report.get(direction)
+        cells += [_compact(c["pps"]), _compact(c["bps"])] if c else ["-", "-"]
+    cells += [str(report[d]["packets"]) if d in report else "-" for d in layout.DIRECTIONS]
+    return cells + [_top(report, "l3", layout.L3), _top(report, "l4", layout.L4),
+                    "gone" if gone else ""]
+
+
+def _total(reports):
+    sums = {(d, k): sum(r[d][k] for r in reports if d in r) for d in layout.DIRECTIONS
+            for k in ("pps", "bps", "packets")}
+    return (["total"] + [_compact(sums[d, k]) for d in layout.DIRECTIONS for k in ("pps", "bps")]
+            + [str(sums[d, "packets"]) for d in layout.DIRECTIONS] + ["", "", ""])
+
+
+def _traffic(report):
+    return sum(report[d]["bps"] for d in layout.DIRECTIONS if d in report)
+
+
+def format_table(reports, height=None, gone=()):
+    """Reports as a table for a terminal: a row per interface (and per one `gone` since the last table),
+    busiest first, and a total row; with a height, the quietest rows give way to a line saying how many."""
+    ordered = sorted([(r, False) for r in reports] + [(r, True) for r in gone],
+                     key=lambda pair: (-_traffic(pair[0]), pair[0]["interface"]))
+    reports = [r for r, _ in ordered]
+    rows = [_row(r, g) for r, g in ordered]
+    shown = None if height is None else max(height - 5, 1)  # the title, head, total, "quieter", the cursor line
+    if shown is not None and len(rows) > shown + 1:
+        hidden = len(rows) - shown
+        rows = rows[:shown] + [["(%d quieter)" % hidden] + [""] * (len(_HEAD) - 1)]
+    rows = [list(_HEAD)] + rows + [_total(reports)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_HEAD))]
+    when = reports[0]["time"][11:19] if reports else ""
+    lines = ["kubenetprobe  %s UTC  %d interface%s" % (when, len(reports), "" if len(reports) == 1 else "s")]
+    lines += ["  ".join("{:{}{}}".format(cell, align, width) for cell, align, width in zip(row, _ALIGN, widths))
+              .rstrip() for row in rows]
+    return lines
 
 
 COLUMNS = (["time", "interface", "direction", "hook", "packets", "bytes", "pps", "bps"]
@@ -77,21 +104,24 @@ def format_json(report):
 
 
 class Printer(object):
-    """Writes reports to a stream in the form that suits it."""
+    """Writes reports to a stream in the form that suits it: on a terminal, one table redrawn in place."""
 
-    def __init__(self, stream, json_lines=False):
+    def __init__(self, stream, json_lines=False, height=None):
         self.stream = stream
         self.json_lines = json_lines
         self.tty = not json_lines and stream.isatty()
+        self.height = height
         self._header_done = False
+        self._drawn = 0  # lines of the table on the screen, to go back over
+        self._gone = []  # final reports of vanished interfaces, shown in the next table
 
     def write(self, reports):
+        if self.tty:
+            return self._draw(reports)
         lines = []
         for report in reports:
             if self.json_lines:
                 lines.append(format_json(report))
-            elif self.tty:
-                lines.append(format_block(report))
             else:
                 if not self._header_done:
                     lines.append(format_header())
@@ -100,3 +130,19 @@ class Printer(object):
         if lines:
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
+
+    def vanished(self, reports):
+        """Final reports of interfaces that went away between intervals: on a terminal, rows of the next table."""
+        if self.tty:
+            self._gone += reports
+        else:
+            self.write(reports)
+
+    def _draw(self, reports):
+        height = self.height or shutil.get_terminal_size().lines
+        lines = format_table(reports, height, self._gone)
+        self._gone = []
+        # Back to the previous table's first line, clear to the end of the screen, draw over it.
+        self.stream.write(("\x1b[%dF\x1b[J" % self._drawn if self._drawn else "") + "\n".join(lines) + "\n")
+        self.stream.flush()
+        self._drawn = len(lines)

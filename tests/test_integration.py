@@ -1,6 +1,7 @@
 """The built kubenetprobe.pyz attached to a veth pair: exact counts against what was sent and the kernel's
 counters with every loader, attach method and mode; signals, detach, other programs, the Python API."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -169,6 +170,56 @@ def test_sigterm_prints_final_report_and_detaches(pair, method):
     assert final["tx"]["l4"]["icmp"]["packets"] == 3  # the replies
     assert pair.probe_programs() == []
     assert qdiscs(pair) == ["noqueue"], "the probe left the clsact qdisc it added"
+
+
+class TerminalProbeRun(ProbeRun):
+    """kubenetprobe.pyz writing to a terminal (a pty of 24 rows) in the probe's namespace."""
+
+    def __init__(self, pair, *args):
+        import fcntl
+        import pty
+        import struct
+        import termios
+        self._expect(pair, args)
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+        self.proc = subprocess.Popen(["ip", "netns", "exec", pair.probe_ns, sys.executable, PYZ] + list(args),
+                                     stdout=slave, stderr=subprocess.PIPE, universal_newlines=True)
+        os.close(slave)
+
+    def screen(self, sig=signal.SIGINT):
+        """Signal the probe and return all it wrote to the terminal."""
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=10)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: the probe's end is closed and drained
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.close(self.master)
+        return out.decode()
+
+
+def test_terminal_table_redraws_in_place_and_ends_exact(pair):
+    """On a terminal: one table per interval, each drawn over the last, the final one exact."""
+    probe = TerminalProbeRun(pair, "-i", pair.probe_if, "--interval", "0.2")
+    probe.wait_attached()
+    pair.ping(3)
+    settle()
+    time.sleep(0.5)
+    screen = probe.screen()
+    assert probe.proc.returncode == 0, probe.proc.stderr.read()
+    tables = screen.split("\x1b[J")
+    assert len(tables) >= 3 and all(t.endswith("\x1b[4F") for t in tables[1:-1])  # title, head, row, total
+    assert not tables[0].startswith("\x1b")
+    rows = {line.split()[0]: line.split() for line in tables[-1].replace("\r", "").splitlines()[2:]}
+    assert rows[pair.probe_if][5:] == ["3", "3", "ipv4", "100%", "icmp", "100%"]  # rx and tx packets, the top classes
+    assert rows["total"][5:] == ["3", "3"]
+    assert sorted(rows) == sorted([pair.probe_if, "total"])
 
 
 @pytest.mark.parametrize("hook", ["xdp", "tc"])

@@ -5,20 +5,8 @@ import json
 import pytest
 
 from fakes import FakeHook, FakeMonitor, counters, rx_tc, tx_tc
-from probe import output
+from probe import layout, output
 from probe.reports import Reporter
-
-
-@pytest.mark.parametrize("n,text", [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (5 * 1024 ** 3, "5.0 GiB"),
-                                    (3 * 1024 ** 5, "3072.0 TiB")])
-def test_human_bytes(n, text):
-    assert output.human_bytes(n) == text
-
-
-@pytest.mark.parametrize("n,text", [(0, "0.0 bit/s"), (999, "999.0 bit/s"), (9800, "9.8 kbit/s"),
-                                    (1.25e9, "1.2 Gbit/s")])
-def test_human_rate(n, text):
-    assert output.human_rate(n, "bit/s") == text
 
 
 def sample_report(hooks=None):
@@ -70,43 +58,74 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_terminal_output_is_readable_block():
+def report_of(name, rx=None, tx=None, final=False):
+    """A report of `name` whose directions carry (packets, pps, bps) and one l3/l4 class each."""
+    report = {"time": "2026-12-01T15:30:12.345Z", "interface": name, "final": final, "hooks": {}}
+    for direction, values, l3, l4 in (("rx", rx, "ipv4", "tcp"), ("tx", tx, "ipv6", "udp")):
+        if values is not None:
+            packets, pps, bps = values
+            report[direction] = {"packets": packets, "bytes": packets * 100, "pps": pps, "bps": bps,
+                                 "l3": {n: {"packets": packets if n == l3 else 0} for n in layout.L3},
+                                 "l4": {n: {"packets": packets if n == l4 else 0} for n in layout.L4}}
+    return report
+
+
+def table(lines):
+    """The rows of a drawn table, by their first cell, split on runs of two spaces."""
+    return {line.split()[0]: [cell.strip() for cell in line.split("  ") if cell.strip()] for line in lines[2:]}
+
+
+def test_table_has_a_row_per_interface_busiest_first_and_a_total():
+    lines = output.format_table([report_of("eth0", rx=(10, 1.0, 800.0), tx=(5, 0.5, 400.0)),
+                                 report_of("veth1", rx=(3000, 2500.0, 9.8e6)),
+                                 report_of("veth2", tx=(7, 0.0, 0.0))])
+    assert lines[0] == "kubenetprobe  15:30:12 UTC  3 interfaces"
+    assert lines[1].split()[:3] == ["INTERFACE", "RX", "pps"]
+    assert [line.split()[0] for line in lines[2:]] == ["veth1", "eth0", "veth2", "total"]
+    rows = table(lines)
+    assert rows["veth1"] == ["veth1", "2.5k", "9.8M", "-", "-", "3000", "-", "ipv4 100%", "tcp 100%"]
+    assert rows["eth0"] == ["eth0", "1", "800", "0", "400", "10", "5", "ipv4 66%", "tcp 66%"]
+    assert rows["total"] == ["total", "2.5k", "9.8M", "0", "400", "3010", "12"]
+    end = lines[1].index("RX packets") + len("RX packets")  # numbers line up at their head's right edge
+    assert [line[:end].split()[-1] for line in lines[1:]] == ["packets", "3000", "10", "-", "3010"]
+    assert all("\x1b" not in line for line in lines)
+
+
+def test_table_gives_way_to_the_terminal_height():
+    reports = [report_of("veth%d" % i, rx=(i, float(i), 8.0 * i)) for i in range(50)]
+    lines = output.format_table(reports, height=10)
+    assert len(lines) == 9  # the title, the head, 5 busiest, how many more, the total
+    assert [line.split()[0] for line in lines[2:7]] == ["veth49", "veth48", "veth47", "veth46", "veth45"]
+    assert lines[7].split() == ["(45", "quieter)"]
+    assert lines[8].split()[5] == str(sum(range(50)))  # the total still counts every interface
+
+
+def test_terminal_table_is_redrawn_in_place_and_shows_gone_interfaces_once():
     stream = Terminal()
-    output.Printer(stream).write([sample_report()])
-    text = stream.getvalue()
-    lines = text.splitlines()
-    assert lines[0].endswith("  eth0")
-    assert "rx  5 packets  500 B" in lines[1] and lines[1].endswith("(xdp generic)")
-    assert "l3  ipv4 4  ipv6 1  arp 0  other 0" in lines[2]
-    assert "l4  tcp 3  udp 0  icmp 0  icmpv6 1  other 1" in lines[3]
-    assert "tx  3 packets  180 B" in lines[4] and lines[4].endswith("(tc)")
-    assert "l3  ipv4 2  ipv6 0  arp 1  other 0" in lines[5]
-    assert "l4  tcp 0  udp 0  icmp 2  icmpv6 0  other 0" in lines[6]
-    assert lines[7:] == [""]  # a blank line between blocks
+    printer = output.Printer(stream, height=40)
+    printer.write([report_of("eth0", rx=(1, 1.0, 8.0))])
+    first = stream.getvalue()
+    assert not first.startswith("\x1b") and len(first.splitlines()) == 4
+    printer.vanished([report_of("veth9", rx=(4, 0.0, 0.0), final=True)])
+    assert stream.getvalue() == first  # nothing until the next table
+    printer.write([report_of("eth0", rx=(2, 1.0, 8.0))])
+    second = stream.getvalue()[len(first):]
+    assert second.startswith("\x1b[4F\x1b[J")  # up over the 4 lines drawn, cleared, drawn again
+    rows = table(second[len("\x1b[4F\x1b[J"):].splitlines())
+    assert rows["veth9"][-1] == "gone" and rows["total"][5] == "6"
+    printer.write([report_of("eth0", rx=(3, 1.0, 8.0))])
+    third = stream.getvalue()[len(first) + len(second):]
+    assert third.startswith("\x1b[5F\x1b[J") and "veth9" not in third
+    printer.write([report_of("eth0", rx=(3, 1.0, 8.0), final=True)])  # the last table, as the probe ends
+    assert "gone" not in stream.getvalue()[len(first) + len(second) + len(third):]
 
 
-@pytest.mark.parametrize("hooks,shown,hidden", [
-    ({"rx": rx_tc()}, "  rx  5 packets  500 B", "  tx  "),
-    ({"tx": tx_tc()}, "  tx  3 packets  180 B", "  rx  "),
-])
-def test_terminal_block_of_one_direction(hooks, shown, hidden):
-    stream = Terminal()
-    output.Printer(stream).write([sample_report(hooks)])
-    text = stream.getvalue()
-    assert shown in text and text.splitlines()[1].endswith("(tc)")
-    assert hidden not in text and text.splitlines()[4:] == [""]
-
-
-def test_final_report_says_so():
-    stream = Terminal()
-    output.Printer(stream).write(Reporter(final_monitor()).reports(final=True))
-    assert stream.getvalue().splitlines()[0].endswith("  eth0  final")
-
-
-def final_monitor():
-    monitor = FakeMonitor()
-    monitor.attachments[0].values = {"rx": [counters({})] * 2, "tx": [counters({})] * 2}
-    return monitor
+def test_vanished_interfaces_in_a_pipe_are_written_at_once():
+    stream = io.StringIO()
+    gone = report_of("veth9", rx=(4, 0.0, 0.0), final=True)
+    gone["hooks"] = {"rx": "tc"}
+    output.Printer(stream).vanished([gone])
+    assert [line.split()[1:3] for line in stream.getvalue().splitlines()[1:]] == [["veth9", "rx"]]
 
 
 def test_json_lines():
