@@ -37,12 +37,10 @@ def key(slot, direction):
 def decode_stats(values):
     """Sum a per-CPU knp_stats value (a list of one bytes value per CPU) into
     {"packets", "bytes", "l3": {...}, "l4": {...}}."""
-    sums = [0] * (2 * (len(L3) + len(L4)))
     for raw in values:
         if len(raw) != STATS.size:
             raise ValueError("knp_stats value is %d bytes, expected %d" % (len(raw), STATS.size))
-        for i, v in enumerate(STATS.unpack(raw)):
-            sums[i] += v
+    sums = [sum(column) for column in zip(*map(STATS.unpack, values))] or [0] * (2 * (len(L3) + len(L4)))
     l3 = {name: {"packets": sums[2 * i], "bytes": sums[2 * i + 1]} for i, name in enumerate(L3)}
     base = 2 * len(L3)
     l4 = {name: {"packets": sums[base + 2 * i], "bytes": sums[base + 2 * i + 1]} for i, name in enumerate(L4)}

@@ -72,17 +72,23 @@ def _escape_label(text):
     return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def _labels(name, labels):
-    """'{a="x",b="y"}' (in the dict's order), or '' without labels."""
-    for label, value in labels.items():
-        # Names starting with __ are Prometheus' own.
-        if not LABEL_NAME.match(label) or label.startswith("__"):
-            raise ValueError("%s: %r is not a label name" % (name, label))
-        if not isinstance(value, str):
-            raise ValueError("%s: label %s has the value %r, not a string" % (name, label, value))
+def _labels(name, labels, pairs):
+    """'{a="x",b="y"}' (in the dict's order), or '' without labels. `pairs` keeps the pairs rendered so far:
+    a scrape repeats each interface's name in some forty series."""
     if not labels:
         return ""
-    return "{%s}" % ",".join('%s="%s"' % (label, _escape_label(value)) for label, value in labels.items())
+    rendered = []
+    for label, value in labels.items():
+        pair = pairs.get((label, value)) if isinstance(value, str) else None
+        if pair is None:
+            # Names starting with __ are Prometheus' own.
+            if not LABEL_NAME.match(label) or label.startswith("__"):
+                raise ValueError("%s: %r is not a label name" % (name, label))
+            if not isinstance(value, str):
+                raise ValueError("%s: label %s has the value %r, not a string" % (name, label, value))
+            pair = pairs[label, value] = '%s="%s"' % (label, _escape_label(value))
+        rendered.append(pair)
+    return "{%s}" % ",".join(rendered)
 
 
 def _value(name, value):
@@ -102,6 +108,7 @@ def render(families):
     """The families in the text exposition format 0.0.4; families without samples are left out."""
     lines = []
     names = set()
+    pairs = {}
     for family in families:
         _check(family)
         if family.name in names:
@@ -111,7 +118,7 @@ def render(families):
             continue
         lines += ["# HELP %s %s" % (family.name, _escape_help(family.help)),
                   "# TYPE %s %s" % (family.name, family.type)]
-        lines += ["%s%s %s" % (family.name, _labels(family.name, labels), _value(family.name, value))
+        lines += ["%s%s %s" % (family.name, _labels(family.name, labels, pairs), _value(family.name, value))
                   for labels, value in family.samples]
     return "".join(line + "\n" for line in lines)
 

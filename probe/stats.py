@@ -112,12 +112,16 @@ class Slots(object):
 
     def read(self, ifindex, direction):
         """Cumulative counters of a followed interface's direction, summed over CPUs."""
-        slot = self.given.get(ifindex)
-        if slot is None:
-            raise KernelError("ifindex %d has no slot" % ifindex, errno=errno.ENOENT)
-        return layout.decode_stats(self.stats_map.lookup(layout.key(slot, direction)))
+        return self.read_all([(ifindex, direction)])[ifindex, direction]
 
     def read_all(self, wanted):
-        """{(ifindex, direction): counters} of each (ifindex, direction) wanted: a lookup per slot and direction
-        (a walk of the whole per-CPU array would read every CPU's copy of every slot)."""
-        return {(ifindex, direction): self.read(ifindex, direction) for ifindex, direction in wanted}
+        """{(ifindex, direction): counters} of each (ifindex, direction) wanted, read in batched lookups of the
+        slots' entries (a walk of the whole per-CPU array would read every CPU's copy of every slot)."""
+        keys = {}
+        for ifindex, direction in wanted:
+            slot = self.given.get(ifindex)
+            if slot is None:
+                raise KernelError("ifindex %d has no slot" % ifindex, errno=errno.ENOENT)
+            keys[ifindex, direction] = layout.key(slot, direction)
+        values = self.stats_map.lookup_many(keys.values())
+        return {wanted: layout.decode_stats(values[key]) for wanted, key in keys.items()}

@@ -7,7 +7,8 @@ Run as root. Every figure is measured in this one run, beside a floor measured t
   2. start to first report of the .pyz beside `python -c pass` and a bare script that only loads the object
      through libbpf, on a veth in a network namespace this script creates and removes;
   3. peak RSS of those runs;
-  4. the .pyz's size.
+  4. the .pyz's size;
+  5. load to attached;  6. line rate (tests/linerate.py);  7. the node agent over 500 veths (tests/scale.py).
 Targets are printed beside the figures as "ok" or "over"; the exit status is 0 whatever they say.
 """
 import argparse
@@ -38,6 +39,7 @@ from probe.errors import ProbeError  # noqa: E402
 from probe.bpf.libbpf import LibbpfEngine  # noqa: E402
 from probe.bpf.native import NativeEngine  # noqa: E402
 import linerate  # noqa: E402
+import scale  # noqa: E402
 
 OBJECT_FILE = os.path.join(ROOT, "probe", "_bytecode", "kubenetprobe.bpf.o")
 XDP_PASS, TC_ACT_OK, TC_ACT_UNSPEC = 2, 0, 0xFFFFFFFF  # TC_ACT_UNSPEC (-1) as the test run's u32 retval
@@ -60,6 +62,10 @@ TARGETS = {
     "rss": (25.0, "MB"),
     "size": (100.0, "KB"),
     "line_rate": (3.0, "% of line rate"),
+    "scale_start": (10.0, "s"),
+    "scale_rss": (40.0, "MB"),
+    "scale_cycle": (50.0, "ms CPU"),
+    "scrape": (50.0, "ms CPU"),
 }
 
 # The floor the probe's start is measured against: start Python, open libbpf, load the same object; no more.
@@ -427,6 +433,14 @@ def evaluate_targets(figures):
         checks.append(check("size", figures["size"]["bytes"] / KB, "size of " + figures["size"]["file"]))
     for h in figures.get("line_rate", {}).get("hooks", ()):
         checks.append(check("line_rate", h["cpu_overhead_percent"], "line-rate cost over empty, " + h["hook"]))
+    if "scale" in figures:
+        n = figures["scale"]["interfaces"]
+        for r in figures["scale"]["runs"]:
+            how = "%d veths, --attach %s" % (n, r["method"])
+            checks.append(check("scale_start", r["start_s"], "start to first report, " + how))
+            checks.append(check("scale_rss", r["peak_rss_mb"], "peak RSS, " + how))
+            checks.append(check("scale_cycle", r["cycle_cpu_ms"], "one report cycle, " + how))
+        checks.append(check("scrape", figures["scale"]["scrape"]["scrape_cpu_ms"], "one scrape, %d veths" % n))
     return checks
 
 
@@ -485,6 +499,8 @@ def report_lines(figures):
     lines += table(["loader", "median"], [[name, "%.1f ms" % e["median_ms"]] for name, e in engines.items()])
     if "line_rate" in figures:
         lines += ["", "6. " + "\n".join(linerate.report_lines(figures["line_rate"]))]
+    if "scale" in figures:
+        lines += ["", "7. " + "\n".join(scale.report_lines(figures["scale"]))]
     lines += ["", "targets (informational; the exit status ignores them)"]
     lines += table(["measure", "value", "target", "status"],
                    [[c["what"], "%.2f %s" % (c["value"], c["unit"]), "<= %g %s" % (c["limit"], c["unit"]),
@@ -514,6 +530,8 @@ def parse_args(argv):
     p.add_argument("--runs", type=int, default=15, help="interleaved runs of each start command (default 15)")
     p.add_argument("--line-rate-rounds", type=int, default=5,
                    help="interleaved rounds of the line-rate flood (default 5; 0 leaves it out: it takes ~2 min)")
+    p.add_argument("--scale", type=int, default=500,
+                   help="veth pairs of the node-agent measurement (default 500; 0 leaves it out: it takes ~1 min)")
     p.add_argument("--line-rate-seconds", type=float, default=2.0, help="seconds of each line-rate window")
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
     return p.parse_args(argv)
@@ -552,6 +570,8 @@ def measure(args):
     if args.line_rate_rounds:
         figures["line_rate"] = linerate.measure(args.line_rate_rounds, args.line_rate_seconds, OBJECT_FILE,
                                                 args.empty_object)
+    if args.scale:
+        figures["scale"] = scale.measure(args.scale, args.pyz)
     figures["targets"] = evaluate_targets(figures)
     return figures
 

@@ -33,6 +33,7 @@ OWNER = layout.OWNER
 VETH_HOOKS = {"ingress", "egress"}  # where the probe counts on a veth: rx at TC ingress, tx at TC egress
 ATTACH_WITHIN = 1.0  # seconds from an interface's creation to the probe's programs on its hooks
 HOT_PLUGGED = 50
+SCALE = 500
 FD_SLACK = 2
 RSS_SLACK = 2 << 20
 
@@ -478,6 +479,34 @@ def test_lost_events_resync(pair):
     assert finals["fvr2"]["ifindex"] == index["fv2"]
     check_counts(finals["fvr2"], "tx", tx)
     assert probe.stderr == ""
+
+
+# Scale
+
+def test_scale(pair):
+    """500 veth pairs there at start (their other ends in the peer's namespace) under --all: all attached in both
+    directions, each counted on its own; frames through every 25th, both ways, counted exactly while all the rest
+    count nothing; one final report each at exit, and the kernel holds no program of the probe's after it."""
+    ns, peer_ns = pair.probe_ns, pair.peer_ns
+    names = ["sv%d" % i for i in range(SCALE)]
+    ip_batch(ns, ["link add %s type veth peer name sp%s netns %s" % (n, n[2:], peer_ns) for n in names])
+    ip_batch(ns, ["link set %s up" % n for n in names])
+    ip_batch(peer_ns, ["link set sp%s up" % n[2:] for n in names])
+    busy = names[::25]
+    rx = {n: some_frames(k) for k, n in enumerate(busy)}
+    tx = {n: other_frames(k) for k, n in enumerate(busy)}
+    with Following(ns, "--all") as probe:
+        wait_links(probe, 2 * (SCALE + 1), timeout=120)  # a TCX link per direction, for the pair's end too
+        send(peer_ns, [("sp" + n[2:], f) for n in busy for f, _, _ in rx[n]])
+        send(ns, [(n, f) for n in busy for f, _, _ in tx[n]])
+        settle()
+        reports = probe.stop(timeout=120)
+    finals = {r["interface"]: r for r in reports if r["final"]}
+    assert sorted(finals) == sorted(names + [pair.probe_if])
+    for name in names:
+        check_counts(finals[name], "rx", rx.get(name, []))
+        check_counts(finals[name], "tx", tx.get(name, []))
+    assert attached_names(ns, names[::10]) == []
 
 
 # No growth

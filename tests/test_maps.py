@@ -110,3 +110,39 @@ def test_batch_reads_percpu_values(new_map):
     items = dict(m.items())
     assert items[struct.pack("=I", 2)] == [struct.pack("=I", 5 + cpu) for cpu in range(m.ncpus)]
     assert items[struct.pack("=I", 0)] == [bytes(4)] * m.ncpus
+
+
+def test_lookup_many_reads_runs_of_an_array_in_batches(new_map, monkeypatch):
+    """Keys 0, 3, 5 (one run: gaps of at most 8), 300 to 599 (a run of two batches), 1000 (alone): each wanted
+    value, nothing else; a batched walk per 256 entries of a run, none of them past its run."""
+    m = filled(new_map, constants.BPF_MAP_TYPE_ARRAY, 1100)
+    calls = []
+    batch = syscall.map_lookup_batch
+    monkeypatch.setattr(syscall, "map_lookup_batch", lambda *a: calls.append(a) or batch(*a))
+    indexes = [0, 3, 5] + list(range(300, 600)) + [1000]
+    keys = [struct.pack("=I", i) for i in indexes]
+    assert m.lookup_many(keys) == {k: struct.pack("=Q", i * i) for k, i in zip(keys, indexes)}
+    walks = [(None if a[4] is None else struct.unpack("=I", a[4])[0], a[5]) for a in calls]
+    assert walks == [(None, 6), (299, 300), (999, 1)]  # (the key before the run, the run's span)
+    calls.clear()
+    m._batch = False
+    assert m.lookup_many(keys[:3]) == {k: struct.pack("=Q", i * i) for k, i in zip(keys, indexes[:3])}
+    assert calls == []
+
+
+def test_lookup_many_falls_back_to_a_lookup_per_key(new_map, monkeypatch):
+    """Without BPF_MAP_LOOKUP_BATCH (before 5.6): a lookup per key, per-CPU values whole, remembered."""
+    m = new_map(constants.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 4, 10)
+    m.update(struct.pack("=I", 7), [struct.pack("=I", 5 + cpu) for cpu in range(m.ncpus)])
+    refusals = []
+
+    def no_batch(*args):
+        refusals.append(args)
+        raise KernelError("BPF_MAP_LOOKUP_BATCH: Invalid argument", errno=errno.EINVAL)
+
+    monkeypatch.setattr(syscall, "map_lookup_batch", no_batch)
+    for _ in range(2):
+        assert m.lookup_many([struct.pack("=I", 7), struct.pack("=I", 1)]) == {
+            struct.pack("=I", 7): [struct.pack("=I", 5 + cpu) for cpu in range(m.ncpus)],
+            struct.pack("=I", 1): [bytes(4)] * m.ncpus}
+    assert len(refusals) == 1

@@ -1,15 +1,20 @@
 """Loaded objects: the maps and programs an engine put into the kernel, as Map and Program objects."""
 import errno
 import os
+import struct
 
 from probe.bpf import syscall
-from probe.bpf.constants import PERCPU_MAP_TYPES
+from probe.bpf.constants import BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, PERCPU_MAP_TYPES
 from probe.errors import KernelError, ProbeError
 
 _BATCH_SIZE = 256
 # Errors that say "no batched lookup here": before 5.6, or for this map type.
 _NO_BATCH = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524)  # 524: the kernel's ENOTSUPP
 _possible_cpus = None
+_INDEX = struct.Struct("=I")  # an array's key
+# Keys of an array this close together are read in one batched walk, the entries between them with them:
+# reading a few unwanted entries costs less than another system call.
+_RUN_GAP = 8
 
 
 def possible_cpus(path="/sys/devices/system/cpu/possible"):
@@ -111,6 +116,35 @@ class Map(object):
                 if e.errno != errno.ENOENT:  # deleted between the two calls
                     raise
         return out
+
+
+    def lookup_many(self, keys):
+        """{key: value} of these keys of an array: one batched lookup per run of nearby keys (of 256 entries at
+        most) where the kernel has it (5.6+), else a lookup per key."""
+        if self._batch and self.type in (BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY):
+            try:
+                return self._lookup_runs(set(keys))
+            except KernelError as e:
+                if e.errno not in _NO_BATCH:
+                    raise
+                self._batch = False
+        return {key: self.lookup(key) for key in keys}
+
+    def _lookup_runs(self, wanted):
+        found = {}
+        indexes = sorted(_INDEX.unpack(self._key(key))[0] for key in wanted)
+        first = 0
+        for i, index in enumerate(indexes):
+            if i + 1 < len(indexes) and indexes[i + 1] - index <= _RUN_GAP:
+                continue  # the run goes on
+            start, span = indexes[first], index - indexes[first] + 1
+            after = _INDEX.pack(start - 1) if start else None
+            for key, raw in syscall.map_lookup_batch(self.fd, self.key_size, self._raw_size,
+                                                     min(_BATCH_SIZE, span), after, span):
+                if key in wanted:
+                    found[key] = self._value(raw)
+            first = i + 1
+        return found
 
 
 class Program(object):

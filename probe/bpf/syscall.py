@@ -217,8 +217,9 @@ def map_next_key(map_fd, key, key_size):
     return nxt.raw
 
 
-def map_lookup_batch(map_fd, key_size, value_size, count):
-    """[(key, value)] of up to `count` entries, read in one BPF_MAP_LOOKUP_BATCH (5.6+) walk of the map."""
+def map_lookup_batch(map_fd, key_size, value_size, count, after=None, total=None):
+    """[(key, value)] of the entries following key `after` (from the first, without it), `total` of them at
+    most (to the end, without it), read in BPF_MAP_LOOKUP_BATCH (5.6+) calls of up to `count` entries."""
     out = []
     keys = ctypes.create_string_buffer(key_size * count)
     values = ctypes.create_string_buffer(value_size * count)
@@ -226,8 +227,11 @@ def map_lookup_batch(map_fd, key_size, value_size, count):
     out_batch = ctypes.create_string_buffer(max(key_size, 8))
     attr = BatchAttr(in_batch=0, out_batch=ctypes.addressof(out_batch), keys=ctypes.addressof(keys),
                      values=ctypes.addressof(values), map_fd=map_fd)
+    if after is not None:  # the walk goes on from the key of in_batch, as from a previous call's out_batch
+        ctypes.memmove(in_batch, after, key_size)
+        attr.in_batch = ctypes.addressof(in_batch)
     while True:
-        attr.count = count
+        attr.count = count if total is None else min(count, total - len(out))
         try:
             bpf(BPF_MAP_LOOKUP_BATCH, attr)
             done = False
@@ -237,7 +241,7 @@ def map_lookup_batch(map_fd, key_size, value_size, count):
             done = True  # the last entries come with ENOENT
         for i in range(attr.count):
             out.append((keys.raw[i * key_size:(i + 1) * key_size], values.raw[i * value_size:(i + 1) * value_size]))
-        if done or attr.count == 0:
+        if done or attr.count == 0 or (total is not None and len(out) >= total):
             return out
         ctypes.memmove(in_batch, out_batch, len(out_batch))
         attr.in_batch = ctypes.addressof(in_batch)
