@@ -279,10 +279,10 @@ os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
-def refusing_bpf(err):
+def refusing_bpf(err, python=sys.executable):
     """A command prefix that runs its command (an absolute path) under a seccomp filter that makes bpf(2) fail
     with `err`, as a kernel without bpf(2) (ENOSYS) or a container runtime's default profile (EPERM) does."""
-    return [sys.executable, "-c", REFUSE_BPF, str(err)]
+    return [python, "-c", REFUSE_BPF, str(err)]
 
 
 def _values(args, *names):

@@ -5,11 +5,8 @@ native loader fetching a verifier's log longer than its buffer.
 """
 import errno
 import hashlib
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import zipfile
 
@@ -93,18 +90,6 @@ def test_bad_option_exits_2_with_usage():
     assert result.returncode == 2
     assert result.stderr.startswith("usage: kubenetprobe")
     assert "argument --count: 'zero' is not a whole number >= 1" in result.stderr
-
-
-@pytest.fixture
-def public_pyz():
-    """A copy of the pyz that any user can read."""
-    folder = tempfile.mkdtemp(prefix="knp-")
-    os.chmod(folder, 0o755)
-    pyz = os.path.join(folder, "kubenetprobe.pyz")
-    shutil.copy(PYZ, pyz)
-    os.chmod(pyz, 0o644)
-    yield pyz
-    shutil.rmtree(folder)
 
 
 @pytest.mark.integration
