@@ -53,7 +53,7 @@ EPILOG = """\
 examples:
   kubenetprobe doctor
   kubenetprobe doctor --json | jq '.[] | select(.ok | not)'
-  podman run --rm --cap-drop ALL --cap-add BPF,NET_ADMIN,PERFMON IMAGE doctor    the container's view
+  sudo ip netns exec NS kubenetprobe doctor     the interfaces (and programs) of another network namespace
 
 exit status: 0 when every check the probe needs passes (warnings included), 1 otherwise"""
 
