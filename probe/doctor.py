@@ -128,8 +128,12 @@ def seccomp(status, bpf_error):
         return Check("seccomp", True, "a filter (mode 2) that lets bpf(2) through", None, True)
     if blocked_by_seccomp(bpf_error, status):
         return Check("seccomp", False, SECCOMP_BLOCKED, SECCOMP_FIX, True)
-    return Check("seccomp", False, "a filter (mode 2); whether it lets bpf(2) through shows once the "
-                                   "capabilities are there", PRIVILEGES_FIX, False)
+    if not capable(effective_capabilities(status)):
+        return Check("seccomp", False, "a filter (mode 2); whether it lets bpf(2) through shows once the "
+                                       "capabilities are there", PRIVILEGES_FIX, False)
+    # Not EPERM (some filters answer ENOSYS, as a kernel without bpf(2) does): the filter's doing or the kernel's.
+    return Check("seccomp", False, "a filter (mode 2), and bpf(2) fails (%s): the filter's doing, or the "
+                                   "kernel's" % bpf_error.message, "run it unconfined to tell", False)
 
 
 def bpf_call(status, bpf_error):

@@ -176,6 +176,9 @@ def test_seccomp_check():
     assert doctor.seccomp(parse_status(ROOT_STATUS), eperm()).ok  # no filter: not seccomp's doing
     unknown = doctor.seccomp(parse_status(CONTAINER_STATUS.replace("000000c000001000", "0")), eperm())
     assert (unknown.ok, unknown.required) == (False, False)  # can't tell without the capabilities
+    enosys = doctor.seccomp(container, eperm("BPF_MAP_CREATE: Function not implemented", errno.ENOSYS))
+    assert (enosys.ok, enosys.required) == (False, False)  # the filter's, or a kernel without bpf(2)
+    assert "Function not implemented" in enosys.detail
 
 
 def test_privileges_check():
@@ -358,3 +361,14 @@ def test_bpf_blocked_by_seccomp(public_pyz, pair, who):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     assert (run.returncode, run.stderr) == (1, SECCOMP_LINE)
     assert pair.probe_programs() == []
+
+
+@pytest.mark.integration
+def test_bpf_answering_enosys_under_a_filter(pair):
+    """bpf(2) answering ENOSYS under a filter: no bpf(2) to use (exit 1), and the filter named as a suspect."""
+    status, lines, checks = doctor_run(wrapper=refusing_bpf(errno.ENOSYS), ns=pair.probe_ns)
+    assert status == 1
+    assert checks["bpf(2)"]["ok"] is False and "4.18" in checks["bpf(2)"]["fix"]
+    assert (checks["seccomp"]["ok"], checks["seccomp"]["required"]) == (False, False)
+    assert checks["seccomp"]["detail"] == ("a filter (mode 2), and bpf(2) fails (BPF_MAP_CREATE: Function not "
+                                           "implemented): the filter's doing, or the kernel's")
