@@ -23,6 +23,7 @@ from probe.pins import PinRoot
 from probe.reports import Reporter
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DOCTOR_POINTER = "run kubenetprobe doctor for details"  # ends the errors whose cause `doctor` checks
 
 # $EBPF_IMPLEMENTATION, the original project's loader names -> ours.
 ORIGINAL_LOADERS = {"cilium": "native", "libbpfgo": "libbpf", "embedded": "auto", "object": "auto"}
@@ -49,6 +50,7 @@ examples:
   kubenetprobe detach -i eth0          remove programs a killed probe left behind (netlink only)
   kubenetprobe detach -i eth0 --pin /sys/fs/bpf/knp    end a pinned probe and remove its pins
   kubenetprobe inspect prog.bpf.o      what an object holds, and which loader can load it
+  kubenetprobe doctor                  whether the probe can run here, check by check, and what to fix
 
 signals:
   SIGINT, SIGTERM   print the final report, detach (unless --pin) and exit
@@ -421,9 +423,12 @@ def _serve(listen, monitor, stack):
 
 
 def _explain(e):
-    """Add what to do to errors that arrive without it."""
+    """Add what to do to errors that arrive without it, and the pointer to doctor to those it explains."""
     if e.hint is None and e.errno == errno.ENOSYS:
         e.hint = "this kernel has no bpf(2); kubenetprobe needs Linux 4.18 or newer with BPF enabled"
+        e.doctor = True
+    if e.doctor:
+        e.hint = "%s; %s" % (e.hint, DOCTOR_POINTER) if e.hint else DOCTOR_POINTER
     return e
 
 
@@ -434,6 +439,9 @@ def main(argv=None):
         args, action = detach_parser().parse_args(argv[1:]), run_detach
     elif argv[:1] == ["inspect"]:
         args, action = inspect_parser().parse_args(argv[1:]), run_inspect
+    elif argv[:1] == ["doctor"]:
+        from probe import doctor
+        args, action = doctor.parser().parse_args(argv[1:]), doctor.run
     else:
         args, action = parser().parse_args(argv), run
     log.use_handler(_to_stderr, log.DEBUG if args.verbose else log.INFO)

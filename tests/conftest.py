@@ -114,6 +114,18 @@ def built_pyz():
     assert os.path.exists(PYZ), "build it first: make build"
 
 
+@pytest.fixture
+def public_pyz():
+    """A copy of the pyz that any user can read."""
+    folder = tempfile.mkdtemp(prefix="knp-")
+    os.chmod(folder, 0o755)
+    pyz = os.path.join(folder, "kubenetprobe.pyz")
+    shutil.copy(PYZ, pyz)
+    os.chmod(pyz, 0o644)
+    yield pyz
+    shutil.rmtree(folder)
+
+
 # The fixtures import what they use when they run: netns imports this module, and a probe module that
 # fails to import then fails only the tests that use it.
 

@@ -262,6 +262,29 @@ def without_libbpf():
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", hide + ' && exec "$@"', "sh"]
 
 
+# A seccomp filter under which bpf(2) fails with the errno argv[1] and every other call is allowed, then the
+# command after it (the filter is inherited across exec).
+REFUSE_BPF = """
+import ctypes, os, struct, sys
+nr = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
+# BPF: load the syscall number; bpf(2) -> SECCOMP_RET_ERRNO | errno, else SECCOMP_RET_ALLOW.
+insns = [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, 0x00050000 | int(sys.argv[1])), (0x06, 0, 0, 0x7fff0000)]
+prog = b"".join(struct.pack("HBBI", *i) for i in insns)
+buf = ctypes.create_string_buffer(prog)
+fprog = struct.pack("HxxxxxxQ", len(insns), ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0, ctypes.get_errno()  # SECCOMP_MODE_FILTER
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def refusing_bpf(err, python=sys.executable):
+    """A command prefix that runs its command (an absolute path) under a seccomp filter that makes bpf(2) fail
+    with `err`, as a kernel without bpf(2) (ENOSYS) or a container runtime's default profile (EPERM) does."""
+    return [python, "-c", REFUSE_BPF, str(err)]
+
+
 def _values(args, *names):
     """The values given to an option (under any of its `names`) in a command line, in order."""
     return [value for name, value in zip(args, args[1:]) if name in names]

@@ -188,7 +188,7 @@ def _link_error(e, interface, direction):
                            hint="attach another program, or detach this one first", errno=e.errno)
     if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
         return KernelError("%s refused a TCX link (%s)" % (interface, e.message),
-                           hint="TCX needs kernel 6.6 or newer: try --attach netlink", errno=e.errno)
+                           hint="TCX needs kernel 6.6 or newer: try --attach netlink", errno=e.errno, doctor=True)
     return permission_error(e) or KernelError("cannot attach to the TC %s hook of %s: %s" %
                                               (direction, interface, e.message), errno=e.errno)
 

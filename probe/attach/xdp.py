@@ -146,7 +146,7 @@ def attach_xdp(prog_fd, interface, mode="auto", force=False, method="auto"):
         if not force:
             raise ProbeError("%s already has an XDP program: %s" % (interface, current),
                              hint="run with --force to replace it, or remove it: "
-                                  "`ip link set dev %s xdp off`" % interface, errno=errno.EBUSY)
+                                  "`ip link set dev %s xdp off`" % interface, errno=errno.EBUSY, doctor=True)
         current.remove()
         log.warning("replaced XDP program id %d on %s (--force)", current.prog_id, interface)
     methods = ["link", "netlink"] if method == "auto" else [method]
@@ -174,14 +174,14 @@ def _attach_error(e, interface, index, mode):
     if e.errno in (errno.EBUSY, errno.EEXIST):
         current = holder(index)
         return KernelError("%s already has an XDP program: %s" % (interface, current or "another program"),
-                          hint="run with --force to replace it", errno=e.errno)
+                          hint="run with --force to replace it", errno=e.errno, doctor=True)
     if e.errno == errno.EOPNOTSUPP and mode == "native":
         return KernelError("%s: its driver has no native XDP" % interface,
-                          hint="use --mode generic (or auto)", errno=e.errno)
+                          hint="use --mode generic (or auto)", errno=e.errno, doctor=True)
     if e.errno == errno.EINVAL:
         return KernelError("%s refused the XDP program in %s mode (%s)" % (interface, mode, e.message),
                           hint="XDP links need kernel 5.9 or newer: try --attach netlink, or --mode generic",
-                          errno=e.errno)
+                          errno=e.errno, doctor=True)
     return permission_error(e) or KernelError("cannot attach to %s: %s" % (interface, e.message),
                                              errno=e.errno)
 

@@ -119,7 +119,7 @@ def _open_library(sonames):
         except OSError as e:
             tried.append(str(e))
     raise ProbeError("libbpf not found (%s)" % "; ".join(tried),
-                     hint="install it (apt-get install libbpf1, or dnf install libbpf)")
+                     hint="install it (apt-get install libbpf1, or dnf install libbpf)", doctor=True)
 
 
 # How libbpf frames the verifier's log: 1.x, and 0.x (which returns -LIBBPF_ERRNO__VERIFY, not EACCES).
