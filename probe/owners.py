@@ -47,7 +47,8 @@ def _read_json(path):
 def netns_path(spec):
     """The network namespace file an OCI spec names, or None (the host's network, or a namespace made anew)."""
     linux = spec.get("linux") if isinstance(spec, dict) else None
-    for ns in (linux or {}).get("namespaces") or ():
+    namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
+    for ns in namespaces if isinstance(namespaces, list) else ():
         if isinstance(ns, dict) and ns.get("type") == "network":
             path = ns.get("path")
             return path if isinstance(path, str) and path else None
@@ -169,9 +170,12 @@ class Owners(object):
         for root in self.roots:
             for folder in _watched(root):
                 try:
-                    out.append((folder, os.stat(folder).st_mtime_ns))
+                    st = os.stat(folder)
                 except OSError:
                     out.append((folder, None))
+                    continue
+                # Two changes within one tick of the file system's clock: the link count still tells.
+                out.append((folder, st.st_ino, st.st_mtime_ns, st.st_nlink))
         return out
 
     def refresh(self):
