@@ -111,28 +111,51 @@ def _watched(root):
     return [base] + [os.path.join(base, name) for name in namespaces]
 
 
-def state(root):
-    """(spec path, Owner, netns path) of every container a state folder holds that has a namespace of its own."""
+def scan(root):
+    """([(spec path, Owner, netns path)] of every container a state folder holds that has a network namespace of
+    its own, [the paths of specs not (yet) readable: a runtime writes a container's spec after making its
+    folder])."""
     import glob  # only a node with a runtime's state pays for re
     kind, base = _layout(root)
     if kind == "storage":
         names = _storage_names(base)
-        paths = glob.glob(os.path.join(glob.escape(base), "overlay-containers", "*", "userdata", "config.json"))
+        folders = glob.glob(os.path.join(glob.escape(base), "overlay-containers", "*", ""))
+        paths = [os.path.join(folder, "userdata", "config.json") for folder in folders]
     else:
-        paths = glob.glob(os.path.join(glob.escape(base), "*", "*", "config.json"))
-    out = []
-    for path in sorted(paths):
+        folders = glob.glob(os.path.join(glob.escape(base), "*", "*", ""))
+        paths = [os.path.join(folder, "config.json") for folder in folders]
+    found, unread = [], []
+    for folder, path in sorted(zip(folders, paths)):
         spec = _read_json(path)
-        netns_file = netns_path(spec) if spec is not None else None
+        if spec is None:
+            unread.append(path)
+            continue
+        netns_file = netns_path(spec)
         if netns_file is None:
             continue
+        container_id = os.path.basename(os.path.dirname(folder))
         if kind == "storage":
-            container_id = os.path.basename(os.path.dirname(os.path.dirname(path)))
             owner = storage_owner(spec, container_id, names.get(container_id))
         else:
-            owner = containerd_owner(spec, os.path.basename(os.path.dirname(path)))
-        out.append((path, owner, netns_file))
-    return out
+            owner = containerd_owner(spec, container_id)
+        found.append((path, owner, netns_file))
+    return found, unread
+
+
+def state(root):
+    """(spec path, Owner, netns path) of every container a state folder holds that has a network namespace of its
+    own."""
+    return scan(root)[0]
+
+
+def _stat(path):
+    """What tells that a file or folder changed: its inode, modification time, size and link count (two changes
+    within one tick of the file system's clock still differ in those), or None if it is not there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size, st.st_nlink
 
 
 def nsid_of(path, netns_dir=NETNS_DIR):
@@ -161,33 +184,27 @@ class Owners(object):
         self.roots = list(roots or DEFAULT_ROOTS)
         self.netns_dir = netns_dir
         self._signature = None
+        self._unread = {}  # spec path: its _stat() when it was not readable at the last scan
         self._entries = {}  # spec path: [Owner, netns path, nsid or None]
         self._by_nsid = {}
         self._interfaces = {}  # ifindex: Owner, or None for an interface that can have none
 
     def _current_signature(self):
-        out = []
-        for root in self.roots:
-            for folder in _watched(root):
-                try:
-                    st = os.stat(folder)
-                except OSError:
-                    out.append((folder, None))
-                    continue
-                # Two changes within one tick of the file system's clock: the link count still tells.
-                out.append((folder, st.st_ino, st.st_mtime_ns, st.st_nlink))
-        return out
+        return [(folder, _stat(folder)) for root in self.roots for folder in _watched(root)]
 
     def refresh(self):
         """Read the state again if a state folder changed; look up the namespaces still without an id."""
         signature = self._current_signature()
-        if signature != self._signature:
-            self._signature = signature
-            entries = {}
+        # A spec written since the last scan changes no folder watched: it is tried again by itself.
+        if signature != self._signature or any(_stat(path) != seen for path, seen in self._unread.items()):
+            self._signature = signature  # taken before the scan: a change during it makes the next one scan
+            entries, unread = {}, {}
             for root in self.roots:
-                for path, owner, netns_file in state(root):
+                found, not_yet = scan(root)
+                unread.update((path, _stat(path)) for path in not_yet)
+                for path, owner, netns_file in found:
                     entries[path] = [owner, netns_file, None]
-            self._entries = entries
+            self._entries, self._unread = entries, unread
         for entry in self._entries.values():
             if entry[2] is None:
                 entry[2] = nsid_of(entry[1], self.netns_dir)
