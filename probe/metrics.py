@@ -49,18 +49,19 @@ def _add(total, counts):
                 total[level][name][unit] += c[unit]
 
 
-def _series(monitor, counters, owners, group):
-    """[(labels, a direction's counters)] of every interface; with owners, labelled with its pod or container;
-    with group, the interfaces of one owner summed into one series whose interface label is empty."""
+def _series(monitor, counters, owned, group):
+    """[(labels, a direction's counters)] of every interface; with owned ({ifindex: Owner or None}), labelled
+    with its pod or container; with group, the interfaces of one owner summed into one series whose interface
+    label is empty."""
     series = collections.OrderedDict()
     for a in monitor.attachments:
-        owner = owners.of(a.ifindex) if owners is not None else None
+        owner = owned.get(a.ifindex) if owned is not None else None
         for direction in sorted(a.hooks):
             counts = counters.get(a.interface, {}).get(direction)
             if counts is None:
                 continue
             labels = {"interface": "" if group and owner else a.interface}
-            if owners is not None:
+            if owned is not None:
                 labels.update(owner_labels(owner))
             labels["direction"] = direction
             key = tuple(labels.items())
@@ -77,7 +78,8 @@ def families(monitor, counters, run_stats=False, owners=None, group=False):
     owners: a probe.owners.Owners, whose pod, namespace and container label every interface's series; group
     (--group-by pod): one series per owner instead of one per interface of it."""
     l3_packets, l3_bytes, l4_packets, l4_bytes, info = [], [], [], [], []
-    for labels, counts in _series(monitor, counters, owners, group):
+    owned = {a.ifindex: owners.of(a.ifindex) for a in monitor.attachments} if owners is not None else None
+    for labels, counts in _series(monitor, counters, owned, group):
         for level, names, packets, size in (("l3", layout.L3, l3_packets, l3_bytes),
                                             ("l4", layout.L4, l4_packets, l4_bytes)):
             for name in names:
@@ -85,8 +87,8 @@ def families(monitor, counters, run_stats=False, owners=None, group=False):
                 size.append((dict(labels, protocol=name), counts[level][name]["bytes"]))
     for a in monitor.attachments:
         labels = {"interface": a.interface}
-        if owners is not None:
-            labels.update(owner_labels(owners.of(a.ifindex)))
+        if owned is not None:
+            labels.update(owner_labels(owned[a.ifindex]))
         for direction, hook in sorted(a.hooks.items()):
             if counters.get(a.interface, {}).get(direction) is not None:
                 info.append((dict(labels, direction=direction, ifindex=str(a.ifindex), hook=hook.hook,

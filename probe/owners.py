@@ -177,8 +177,8 @@ def nsid_of(path, netns_dir=NETNS_DIR):
 
 class Owners(object):
     """The owner of each interface, by ifindex, from the state folders `roots` (default: the runtimes' usual
-    places). The state is read again only when a folder changed and an interface's peer namespace is not
-    known; an interface's owner is looked up once, on its first report."""
+    places). An interface's owner is looked up on its first report (and on later ones while it has none); the
+    state is read again only then, and only if a state folder changed or a spec not readable before changed."""
 
     def __init__(self, roots=None, netns_dir=NETNS_DIR):
         self.roots = list(roots or DEFAULT_ROOTS)
