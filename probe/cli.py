@@ -45,6 +45,7 @@ examples:
   kubenetprobe -i eth0 --count 1 --interval 0 --json    one report right after attaching
   kubenetprobe --json | jq .rx.pps
   kubenetprobe -i eth0 --direction rx --hook xdp    rx only, at XDP (refused if another XDP program is there)
+  kubenetprobe --all --group-by pod --listen 9199    one series per pod, found in the runtimes' state
   kubenetprobe --object prog.bpf.o     load a program of your own build; `kill -HUP PID` reloads it
   kubenetprobe --pin /sys/fs/bpf/knp   keep counting after exit; the next run with --pin takes over
   kubenetprobe detach -i eth0          remove programs a killed probe left behind (netlink only)

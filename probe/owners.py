@@ -8,6 +8,7 @@ link's IFLA_LINK_NETNSID says of its peer."""
 import collections
 import os
 
+from probe.bpf import log
 from probe.errors import ProbeError
 from probe.net import link as netlink
 from probe.net import netns
@@ -236,6 +237,8 @@ class Owners(object):
         self.refresh()
         owner = self.by_nsid(found.link_netnsid)
         if owner is not None:
+            log.debug("%s: %s %s%s (%s)", found.name, owner.kind, owner.namespace + "/" if owner.namespace else "",
+                      owner.name, owner.runtime)
             self._interfaces[ifindex] = owner
         return owner
 
