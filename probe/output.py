@@ -50,8 +50,8 @@ COLUMNS = (["time", "interface", "direction", "hook", "packets", "bytes", "pps",
            + ["l3_" + n for n in layout.L3] + ["l4_" + n for n in layout.L4] + ["owner"])
 
 
-def _owner_label(owner):
-    """The owner's column: NAMESPACE/POD, a container's name, or - for none known."""
+def owner_label(owner):
+    """How a line names a report's owner: NAMESPACE/POD, a container's name, or - for none known."""
     if not owner:
         return "-"
     return "%s/%s" % (owner["namespace"], owner["name"]) if owner["kind"] == "pod" else owner["name"]
@@ -73,7 +73,7 @@ def format_lines(report):
                   str(c["packets"]), str(c["bytes"]), "%.1f" % c["pps"], "%.1f" % c["bps"]]
         fields += [str(c["l3"][n]["packets"]) for n in layout.L3]
         fields += [str(c["l4"][n]["packets"]) for n in layout.L4]
-        fields.append(_owner_label(report.get("owner")))
+        fields.append(owner_label(report.get("owner")))
         lines.append(" ".join(fields))
     return lines
 
