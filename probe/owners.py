@@ -132,7 +132,9 @@ def scan(root):
             unread.append(path)
             continue
         netns_file = netns_path(spec)
-        if netns_file is None:
+        # /proc/PID/ns/net (a pod's other containers) may be another process's in the probe's pid namespace (a
+        # DaemonSet's): the pod's sandbox names its namespace by a file of its own.
+        if netns_file is None or netns_file.startswith("/proc/"):
             continue
         container_id = os.path.basename(os.path.dirname(folder))
         if kind == "storage":

@@ -60,8 +60,9 @@ def storage_container(root, container_id, content):
 # The state, read from fake folders
 
 def test_containerd_state(tmp_path):
-    """A CRI sandbox is its pod; a container of the pod (netns by /proc path) the same pod; a container with no
-    CRI annotations (docker's moby namespace) itself, by id; a host-network one and a damaged spec nothing."""
+    """A CRI sandbox is its pod; a container with no CRI annotations (docker's moby namespace) itself, by id; a
+    container of the pod (its namespace by /proc path, which the sandbox's file names), a host-network one and a
+    damaged spec nothing."""
     root = str(tmp_path / owners.CONTAINERD_TASKS)
     containerd_task(root, "k8s.io", "aaa1", spec("/var/run/netns/cni-1234", containerd_pod(WEB)))
     app = dict(containerd_pod(WEB), **{SANDBOX: "container"})
@@ -71,7 +72,6 @@ def test_containerd_state(tmp_path):
     containerd_task(root, "k8s.io", "eee5", '{"ociVersion": "1.0.2", "linux": {"namesp')
     expected = [
         (os.path.join(root, "k8s.io", "aaa1", "config.json"), WEB, "/var/run/netns/cni-1234"),
-        (os.path.join(root, "k8s.io", "bbb2", "config.json"), WEB, "/proc/4242/ns/net"),
         (os.path.join(root, "moby", "ddd4", "config.json"), Owner("container", "ddd4", "", "ddd4", "containerd"),
          "/var/run/docker/netns/5f3a"),
     ]
