@@ -10,8 +10,8 @@ OBJ        := probe/_bytecode/kubenetprobe.bpf.o
 EMPTY_OBJ  := build/empty.bpf.o
 MINIMAL_OBJ := build/minimal_counter.bpf.o
 PYZ        := dist/kubenetprobe.pyz
-APT_PACKAGES := clang llvm gcc libc6-dev libbpf-dev libbpf1 bpftool iproute2 iputils-ping python3-venv ethtool debootstrap procps python3 netsniff-ng prometheus prometheus-node-exporter
-TOOLS      := $(CLANG) $(STRIP) gcc bpftool ip ping ethtool debootstrap
+APT_PACKAGES := clang llvm gcc libc6-dev libbpf-dev libbpf1 bpftool iproute2 iputils-ping python3-venv ethtool debootstrap procps python3 netsniff-ng prometheus prometheus-node-exporter podman runc netavark iptables
+TOOLS      := $(CLANG) $(STRIP) gcc bpftool ip ping ethtool debootstrap podman runc
 
 .PHONY: all deps ensure-deps build-ebpf build test test-unit test-integration run bench fuzz clean
 

@@ -19,8 +19,9 @@ from probe.follow import Follower, has_pattern
 from probe.monitor import HOOKS, NetworkMonitor
 from probe.net import interfaces
 from probe.output import Printer
+from probe.owners import DEFAULT_ROOTS, Owners
 from probe.pins import PinRoot
-from probe.reports import Reporter
+from probe.reports import Reporter, by_owner
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DOCTOR_POINTER = "run kubenetprobe doctor for details"  # ends the errors whose cause `doctor` checks
@@ -45,6 +46,7 @@ examples:
   kubenetprobe -i eth0 --count 1 --interval 0 --json    one report right after attaching
   kubenetprobe --json | jq .rx.pps
   kubenetprobe -i eth0 --direction rx --hook xdp    rx only, at XDP (refused if another XDP program is there)
+  kubenetprobe --all --group-by pod --listen 9199    one series per pod, found in the runtimes' state
   kubenetprobe --object prog.bpf.o     load a program of your own build; `kill -HUP PID` reloads it
   kubenetprobe --pin /sys/fs/bpf/knp   keep counting after exit; the next run with --pin takes over
   kubenetprobe detach -i eth0          remove programs a killed probe left behind (netlink only)
@@ -105,6 +107,12 @@ def parser():
     p.add_argument("--listen", metavar="[HOST:]PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (and /healthz); HOST defaults "
                         "to 127.0.0.1 (0.0.0.0 for every address); implies --quiet unless --json")
+    p.add_argument("--group-by", choices=("interface", "pod"), default="interface",
+                   help="one report (and series) per interface (default), or per pod: the interfaces of a pod or "
+                        "container summed into one, labelled with it; interfaces of no pod stay as they are")
+    p.add_argument("--runtime-root", action="append", metavar="DIR",
+                   help="a container runtime's state folder to find pods in, instead of the usual places (%s); "
+                        "repeat for several" % ", ".join(DEFAULT_ROOTS))
     p.add_argument("--quiet", action="store_true", help="print no report per interval (the final one too)")
     p.add_argument("--direction", choices=("rx", "tx", "both"), default="both",
                    help="what to count: received, sent, or both (default)")
@@ -348,6 +356,12 @@ def run(args):
     names, patterns, follow = _choose(args)
     signals = _Signals()  # before attaching, so a signal during attach still ends in a detach
     printer = Printer(sys.stdout, json_lines=args.json)
+    owners = Owners(args.runtime_root)
+    group = args.group_by == "pod"
+
+    def grouped(reports):
+        return by_owner(reports) if group else reports
+
     quiet = args.quiet or (args.listen and not args.json)
     with NetworkMonitor(loader=args.loader or loader_from(os.environ), pin_dir=args.pin,
                         object_path=args.object or object_from(os.environ)) as monitor:
@@ -359,7 +373,7 @@ def run(args):
             attach(name)
         follower = Follower(monitor, patterns, args.exclude, attach) if follow else None
         with contextlib.ExitStack() as stack:
-            reporter = Reporter(monitor)
+            reporter = Reporter(monitor, owners)
 
             def farewell(a):
                 return reporter.report(a, final=True)
@@ -368,8 +382,8 @@ def run(args):
                 stack.callback(follower.close)
                 finals = follower.start(farewell)
                 if not quiet:
-                    printer.vanished(finals)
-            lock = _serve(args.listen, monitor, stack) if args.listen else _UNLOCKED
+                    printer.vanished(grouped(finals))
+            lock = _serve(args.listen, monitor, stack, owners, group) if args.listen else _UNLOCKED
             done = 0
             due = time.monotonic() + args.interval
             while True:
@@ -381,13 +395,13 @@ def run(args):
                     if event == signals.OTHER:
                         finals = follower.update(farewell)
                         if not quiet:
-                            printer.vanished(finals)
+                            printer.vanished(grouped(finals))
                         continue
                     done += 1
                     last = event == signals.STOP or (args.count is not None and done >= args.count)
                     reports = reporter.reports(final=last)
                 if not quiet:
-                    printer.write(reports)
+                    printer.write(grouped(reports))
                 if not last:
                     due = max(due + args.interval, time.monotonic())
                     continue
@@ -397,7 +411,7 @@ def run(args):
                 return EXIT_OK
 
 
-def _serve(listen, monitor, stack):
+def _serve(listen, monitor, stack, owners, group):
     """Serve /metrics from a thread of its own until the stack closes; returns the lock that keeps its reads
     apart from the main loop's changes to the monitor."""
     import threading
@@ -415,7 +429,7 @@ def _serve(listen, monitor, stack):
 
     def metrics():
         with lock:
-            return render(families(monitor, monitor.packet_stats(), run_stats))
+            return render(families(monitor, monitor.packet_stats(), run_stats, owners, group))
 
     server = stack.enter_context(MetricsServer(parse_listen(listen), metrics))
     log.info("serving metrics at http://%s/metrics", format_address(*server.address))

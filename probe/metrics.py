@@ -1,5 +1,7 @@
 """The probe's counters as Prometheus metric families: per interface, direction and protocol, what is attached
 where, and what the probe itself costs."""
+import collections
+import copy
 import os
 
 import probe
@@ -30,23 +32,67 @@ def _run_stats(monitor):
     return totals
 
 
-def families(monitor, counters, run_stats=False):
-    """Every family of a scrape; `counters` is {interface: {direction: counters}} read for it; run_stats:
-    whether the kernel keeps BPF run-time statistics (BPF_ENABLE_STATS), else those families are absent."""
-    l3_packets, l3_bytes, l4_packets, l4_bytes, info = [], [], [], [], []
+def owner_labels(owner):
+    """The pod, namespace and container labels of an Owner (probe.owners), empty where unknown."""
+    if owner is None:
+        return {"pod": "", "namespace": "", "container": ""}
+    if owner.kind == "pod":
+        return {"pod": owner.name, "namespace": owner.namespace, "container": ""}
+    return {"pod": "", "namespace": "", "container": owner.name}
+
+
+def _add(total, counts):
+    """Add a direction's counters into a running sum of the same shape."""
+    for level in ("l3", "l4"):
+        for name, c in counts[level].items():
+            for unit in ("packets", "bytes"):
+                total[level][name][unit] += c[unit]
+
+
+def _series(monitor, counters, owned, group):
+    """[(labels, a direction's counters)] of every interface; with owned ({ifindex: Owner or None}), labelled
+    with its pod or container; with group, the interfaces of one owner summed into one series whose interface
+    label is empty."""
+    series = collections.OrderedDict()
     for a in monitor.attachments:
-        for direction, hook in sorted(a.hooks.items()):
+        owner = owned.get(a.ifindex) if owned is not None else None
+        for direction in sorted(a.hooks):
             counts = counters.get(a.interface, {}).get(direction)
             if counts is None:
                 continue
-            labels = {"interface": a.interface, "direction": direction}
-            for level, names, packets, size in (("l3", layout.L3, l3_packets, l3_bytes),
-                                                ("l4", layout.L4, l4_packets, l4_bytes)):
-                for name in names:
-                    packets.append((dict(labels, protocol=name), counts[level][name]["packets"]))
-                    size.append((dict(labels, protocol=name), counts[level][name]["bytes"]))
-            info.append((dict(labels, ifindex=str(a.ifindex), hook=hook.hook, mode=hook.mode or "",
-                              program_id=str(hook.program_id)), 1))
+            labels = {"interface": "" if group and owner else a.interface}
+            if owned is not None:
+                labels.update(owner_labels(owner))
+            labels["direction"] = direction
+            key = tuple(labels.items())
+            if key in series:
+                _add(series[key][1], counts)
+            else:
+                series[key] = (labels, copy.deepcopy(counts) if group else counts)
+    return list(series.values())
+
+
+def families(monitor, counters, run_stats=False, owners=None, group=False):
+    """Every family of a scrape; `counters` is {interface: {direction: counters}} read for it; run_stats:
+    whether the kernel keeps BPF run-time statistics (BPF_ENABLE_STATS), else those families are absent;
+    owners: a probe.owners.Owners, whose pod, namespace and container label every interface's series; group
+    (--group-by pod): one series per owner instead of one per interface of it."""
+    l3_packets, l3_bytes, l4_packets, l4_bytes, info = [], [], [], [], []
+    owned = {a.ifindex: owners.of(a.ifindex) for a in monitor.attachments} if owners is not None else None
+    for labels, counts in _series(monitor, counters, owned, group):
+        for level, names, packets, size in (("l3", layout.L3, l3_packets, l3_bytes),
+                                            ("l4", layout.L4, l4_packets, l4_bytes)):
+            for name in names:
+                packets.append((dict(labels, protocol=name), counts[level][name]["packets"]))
+                size.append((dict(labels, protocol=name), counts[level][name]["bytes"]))
+    for a in monitor.attachments:
+        labels = {"interface": a.interface}
+        if owned is not None:
+            labels.update(owner_labels(owned[a.ifindex]))
+        for direction, hook in sorted(a.hooks.items()):
+            if counters.get(a.interface, {}).get(direction) is not None:
+                info.append((dict(labels, direction=direction, ifindex=str(a.ifindex), hook=hook.hook,
+                                  mode=hook.mode or "", program_id=str(hook.program_id)), 1))
     stats = _run_stats(monitor) if run_stats else {}
     return [
         Family("kubenetprobe_l3_packets_total", "counter", _L3_HELP, l3_packets),

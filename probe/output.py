@@ -28,8 +28,10 @@ def _compact(n):
         n /= 1000.0
 
 
-_HEAD = ("INTERFACE", "RX pps", "RX bit/s", "TX pps", "TX bit/s", "RX packets", "TX packets", "L3", "L4", "")
-_ALIGN = ("<", ">", ">", ">", ">", ">", ">", "<", "<", "<")
+_HEAD = ("INTERFACE", "RX pps", "RX bit/s", "TX pps", "TX bit/s", "RX packets", "TX packets", "L3", "L4", "OWNER",
+         "")
+_ALIGN = ("<", ">", ">", ">", ">", ">", ">", "<", "<", "<", "<")
+_OWNER = _HEAD.index("OWNER")
 
 
 def _row(report, gone):
@@ -39,14 +41,14 @@ def _row(report, gone):
         cells += [_compact(c["pps"]), _compact(c["bps"])] if c else ["-", "-"]
     cells += [str(report[d]["packets"]) if d in report else "-" for d in layout.DIRECTIONS]
     return cells + [_top(report, "l3", layout.L3), _top(report, "l4", layout.L4),
-                    "gone" if gone else ""]
+                    owner_label(report.get("owner")), "gone" if gone else ""]
 
 
 def _total(reports):
     sums = {(d, k): sum(r[d][k] for r in reports if d in r) for d in layout.DIRECTIONS
             for k in ("pps", "bps", "packets")}
     return (["total"] + [_compact(sums[d, k]) for d in layout.DIRECTIONS for k in ("pps", "bps")]
-            + [str(sums[d, "packets"]) for d in layout.DIRECTIONS] + ["", "", ""])
+            + [str(sums[d, "packets"]) for d in layout.DIRECTIONS] + ["", "", "", ""])
 
 
 def _traffic(report):
@@ -55,7 +57,8 @@ def _traffic(report):
 
 def format_table(reports, height=None, gone=()):
     """Reports as a table for a terminal: a row per interface (and per one `gone` since the last table),
-    busiest first, and a total row; with a height, the quietest rows give way to a line saying how many."""
+    busiest first, and a total row; with a height, the quietest rows give way to a line saying how many. The
+    owner column is there when some interface has an owner."""
     ordered = sorted([(r, False) for r in reports] + [(r, True) for r in gone],
                      key=lambda pair: (-_traffic(pair[0]), pair[0]["interface"]))
     reports = [r for r, _ in ordered]
@@ -65,16 +68,26 @@ def format_table(reports, height=None, gone=()):
         hidden = len(rows) - shown
         rows = rows[:shown] + [["(%d quieter)" % hidden] + [""] * (len(_HEAD) - 1)]
     rows = [list(_HEAD)] + rows + [_total(reports)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_HEAD))]
+    columns = [i for i in range(len(_HEAD)) if i != _OWNER or any(r.get("owner") for r in reports)]
+    rows = [[row[i] for i in columns] for row in rows]
+    aligns = [_ALIGN[i] for i in columns]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     when = reports[0]["time"][11:19] if reports else ""
     lines = ["kubenetprobe  %s UTC  %d interface%s" % (when, len(reports), "" if len(reports) == 1 else "s")]
-    lines += ["  ".join("{:{}{}}".format(cell, align, width) for cell, align, width in zip(row, _ALIGN, widths))
+    lines += ["  ".join("{:{}{}}".format(cell, align, width) for cell, align, width in zip(row, aligns, widths))
               .rstrip() for row in rows]
     return lines
 
 
 COLUMNS = (["time", "interface", "direction", "hook", "packets", "bytes", "pps", "bps"]
-           + ["l3_" + n for n in layout.L3] + ["l4_" + n for n in layout.L4])
+           + ["l3_" + n for n in layout.L3] + ["l4_" + n for n in layout.L4] + ["owner"])
+
+
+def owner_label(owner):
+    """How a line names a report's owner: NAMESPACE/POD, a container's name, or - for none known."""
+    if not owner:
+        return "-"
+    return "%s/%s" % (owner["namespace"], owner["name"]) if owner["kind"] == "pod" else owner["name"]
 
 
 def format_header():
@@ -93,6 +106,7 @@ def format_lines(report):
                   str(c["packets"]), str(c["bytes"]), "%.1f" % c["pps"], "%.1f" % c["bps"]]
         fields += [str(c["l3"][n]["packets"]) for n in layout.L3]
         fields += [str(c["l4"][n]["packets"]) for n in layout.L4]
+        fields.append(owner_label(report.get("owner")))
         lines.append(" ".join(fields))
     return lines
 

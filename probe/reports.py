@@ -1,4 +1,5 @@
 """Reports: a monitor's counters turned into one record per interface, with rates since the previous one."""
+import collections
 import time
 
 from probe import layout
@@ -17,8 +18,9 @@ def _iso_utc(t):
 class Reporter(object):
     """Turns a monitor's counters into reports with rates over the time since the previous report."""
 
-    def __init__(self, monitor):
+    def __init__(self, monitor, owners=None):
         self.monitor = monitor
+        self.owners = owners  # a probe.owners.Owners: each report says who owns its interface
         self._last = time.monotonic()
         # Counters may not start at zero (pinned state taken over): rates count from here. Keyed by ifindex,
         # which a rename keeps.
@@ -64,6 +66,11 @@ class Reporter(object):
             "reloads": a.reloads,
             "final": final,
         }
+        if self.owners is not None:
+            owner = self.owners.of(a.ifindex)
+            report["owner"] = owner and owner.json()
+            if final:
+                self.owners.forget(a.ifindex)
         for direction, now_counts in sorted(counters.items()):
             report[direction] = _with_rates(now_counts, before[direction], now - before_time)
         return report
@@ -75,3 +82,33 @@ def _with_rates(counts, before, seconds):
             "pps": _rate(counts["packets"], before["packets"], seconds),
             "bps": _rate(8 * counts["bytes"], 8 * before["bytes"], seconds),
             "l3": counts["l3"], "l4": counts["l4"]}
+
+
+def _sum(reports, key):
+    """The sum of a value, or of a tree of dicts of values, over reports."""
+    first = reports[0][key]
+    if isinstance(first, dict):
+        return {k: _sum([r[key] for r in reports], k) for k in first}
+    return sum(r[key] for r in reports)
+
+
+def by_owner(reports):
+    """Reports grouped by owner (--group-by pod): the interfaces of one pod or container summed into one report,
+    at the place of its first, with "interface" their names (comma-separated); an unowned one as it is."""
+    groups = collections.OrderedDict()
+    for report in reports:
+        owner = report.get("owner")
+        key = (owner["kind"], owner["namespace"], owner["name"]) if owner else ("interface", report["ifindex"])
+        groups.setdefault(key, []).append(report)
+    out = []
+    for key, members in groups.items():
+        if key[0] == "interface":
+            out += members
+            continue
+        group = dict(members[0], interface=",".join(r["interface"] for r in members), ifindex=None,
+                     interfaces=[r["interface"] for r in members], final=all(r["final"] for r in members))
+        for direction in layout.DIRECTIONS:
+            if all(direction in r for r in members):
+                group[direction] = _sum(members, direction) if len(members) > 1 else members[0][direction]
+        out.append(group)
+    return out

@@ -91,6 +91,15 @@ def test_table_has_a_row_per_interface_busiest_first_and_a_total():
     assert all("\x1b" not in line for line in lines)
 
 
+def test_table_names_owners_when_there_are_some():
+    pod = report_of("veth1", rx=(3, 3.0, 24.0))
+    pod["owner"] = {"kind": "pod", "name": "web", "namespace": "shop", "uid": "u", "runtime": "cri-o"}
+    lines = output.format_table([pod, report_of("eth0", rx=(1, 1.0, 8.0))])
+    assert lines[1].split()[-1] == "OWNER"
+    assert table(lines)["veth1"][-1] == "shop/web" and table(lines)["eth0"][-1] == "-"
+    assert "OWNER" not in output.format_table([report_of("eth0", rx=(1, 1.0, 8.0))])[1]
+
+
 def test_table_gives_way_to_the_terminal_height():
     reports = [report_of("veth%d" % i, rx=(i, float(i), 8.0 * i)) for i in range(50)]
     lines = output.format_table(reports, height=10)

@@ -92,6 +92,11 @@ def links():
     return [record for record in map(parse_link, parts) if record is not None]
 
 
+def link(ifindex):
+    """The Link of one interface, by index; KernelError (ENODEV) if it is gone."""
+    return parse_link(rtnetlink.request(rtnetlink.RTM_GETLINK, 0, ifindex))
+
+
 def _link_attrs(ifindex):
     return rtnetlink.parse_ifinfo(rtnetlink.request(rtnetlink.RTM_GETLINK, 0, ifindex))[3]
 
