@@ -5,9 +5,11 @@ Podman on these machines needs runc, cgroupfs and ulimits within the current har
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
+import urllib.request
 
 from conftest import ROOT
 from netns import ProbeRun, sh
@@ -109,3 +111,50 @@ def session_image(tmp_folder):
     archive = os.path.join(tmp_folder, "kubenetprobe-image.tar")
     build(archive)
     return podman, Image(podman, archive)
+
+
+def manifest():
+    """The documents of the Kubernetes manifest, by kind."""
+    import yaml
+    with open(MANIFEST) as f:
+        return {doc["kind"]: doc for doc in yaml.safe_load_all(f)}
+
+
+def pod_from_daemonset(name, host_paths):
+    """The DaemonSet's pod template as a Pod that `podman kube play` (4.3) runs as the kubelet would: the seccomp
+    profile as the pod annotation podman honours (it ignores securityContext.seccompProfile), no containerPort (it
+    refuses port mappings on the host network, where Kubernetes only records them), and the hostPath volumes
+    named in `host_paths` ({volume: path}) pointed elsewhere."""
+    template = manifest()["DaemonSet"]["spec"]["template"]
+    spec = json.loads(json.dumps(template["spec"]))
+    (container,) = spec["containers"]
+    profile = container["securityContext"]["seccompProfile"]
+    assert profile["type"] == "Localhost"
+    container.pop("ports")
+    for volume in spec["volumes"]:
+        volume["hostPath"]["path"] = host_paths.get(volume["name"], volume["hostPath"]["path"])
+    annotations = dict(template["metadata"]["annotations"])
+    annotations["seccomp.security.alpha.kubernetes.io/pod"] = "localhost/" + profile["localhostProfile"]
+    return {"apiVersion": "v1", "kind": "Pod", "spec": spec,
+            "metadata": dict(template["metadata"], name=name, annotations=annotations)}
+
+
+def metrics(pair, port, path="/metrics"):
+    """The body of a GET of 127.0.0.1:port inside the pair's probe namespace, or None while nothing answers."""
+    with pair.inside():
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as answer:
+                return answer.read().decode()
+        except OSError:
+            return None
+
+
+def l3_counted(text, interface):
+    """{direction: {protocol: (packets, bytes)}} of an interface in a scrape of /metrics."""
+    found = {}
+    for kind in ("packets", "bytes"):
+        pattern = r'^kubenetprobe_l3_%s_total\{interface="%s",direction="(\w+)",protocol="(\w+)"\} (\S+)$' % (
+            kind, re.escape(interface))
+        for direction, protocol, value in re.findall(pattern, text, re.M):
+            found.setdefault(direction, {}).setdefault(protocol, [0, 0])[kind == "bytes"] = int(float(value))
+    return {d: {p: tuple(v) for p, v in by.items()} for d, by in found.items()}
