@@ -1,11 +1,10 @@
 #!/usr/bin/env python3
 """Print kubenetprobe's seccomp profile: the container runtime's default profile with bpf(2) allowed.
 
-The default profile (containers-common's /usr/share/containers/seccomp.json, which podman and CRI-O use;
-containerd's and Docker's hold the same rules) allows bpf(2) only to a process with CAP_SYS_ADMIN. The probe
-runs with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON instead, and needs nothing else the default refuses: it
-opens no perf events, enters no namespace and, with a bpffs mounted at /sys/fs/bpf on the node, mounts
-nothing. So bpf is taken out of the rules that tie it to CAP_SYS_ADMIN and allowed on its own; every other
+The default profile (containers-common's /usr/share/containers/seccomp.json, which podman and CRI-O use)
+allows bpf(2) only to a process with CAP_SYS_ADMIN. The probe runs with CAP_BPF, CAP_NET_ADMIN and
+CAP_PERFMON instead, and needs nothing else the default refuses: it opens no perf events, enters no
+namespace and, with a bpffs mounted at /sys/fs/bpf on the node, mounts nothing. So bpf is taken out of the rules that tie it to CAP_SYS_ADMIN and allowed on its own; every other
 rule stays as it is. Regenerate after a runtime upgrade:
 
     python3 deploy/seccomp/make_profile.py /usr/share/containers/seccomp.json > deploy/seccomp/kubenetprobe.json
