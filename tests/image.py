@@ -85,11 +85,14 @@ def read_archive(path):
             "config": config, "files": members, "pyz": pyz, "manifest_digest": index["manifests"][0]["digest"]}
 
 
-def run_args(image, pair, seccomp=SECCOMP_PROFILE, name=None):
+def run_args(image, pair, seccomp=SECCOMP_PROFILE, name=None, bpffs=None):
     """`podman run` options: read-only, the three capabilities only, the seccomp profile given (None: the runtime's
-    default), in the probe's network namespace (the container's host network is the node's, here the test's)."""
+    default), in the probe's network namespace (the container's host network is the node's, here the test's), and
+    a bpffs of the host's at /sys/fs/bpf if given."""
     args = ["run", "--rm", "--read-only", "--cap-drop", "ALL", "--cap-add", ",".join(CAPABILITIES),
             "--network", "ns:/run/netns/" + pair.probe_ns] + list(ULIMITS) + (["--name", name] if name else [])
+    if bpffs:
+        args += ["--volume", bpffs + ":/sys/fs/bpf"]
     if seccomp:
         args += ["--security-opt", "seccomp=" + seccomp]
     return args + [image.name]
@@ -98,9 +101,9 @@ def run_args(image, pair, seccomp=SECCOMP_PROFILE, name=None):
 class ContainerProbeRun(ProbeRun):
     """The image running with --json in the probe's namespace (podman run forwards SIGINT to it)."""
 
-    def __init__(self, podman, image, pair, *args, seccomp=SECCOMP_PROFILE, name=None):
+    def __init__(self, podman, image, pair, *args, seccomp=SECCOMP_PROFILE, name=None, bpffs=None):
         self._expect(pair, args)
-        cmd = podman.command(*run_args(image, pair, seccomp, name)) + ["--json"] + list(args)
+        cmd = podman.command(*run_args(image, pair, seccomp, name, bpffs)) + ["--json"] + list(args)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
                                      env=podman.env)
 

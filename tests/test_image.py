@@ -10,6 +10,7 @@ import build_image
 import image
 import probe
 from conftest import PYZ
+from frames import ETH_LLDP
 from netns import assert_counted, frame_mix, interleaved, settle
 
 pytestmark = pytest.mark.integration
@@ -87,6 +88,34 @@ def test_counts_exactly_read_only_with_three_capabilities(podman_image, pair, lo
     assert_counted(report["rx"], mix)
     assert_counted(report["tx"], mix)
     assert pair.probe_programs() == [], "the probe left a program attached"
+
+
+@pytest.mark.parametrize("attach,hook", [("link", "xdp"), ("link", "tc"), ("netlink", "tc")])
+def test_pinned_state_is_taken_over_with_three_capabilities(podman_image, pair, bpffs, attach, hook):
+    """With --pin on the host's bpffs, a second container (a rolling upgrade) takes the first one's programs over
+    without CAP_SYS_ADMIN (which reading a program by id needs), counters and frames sent between the two
+    included; `detach` in a third ends it."""
+    podman, loaded = podman_image
+    args = ("-i", pair.probe_if, "--hook", hook, "--attach", attach, "--pin", "/sys/fs/bpf/knp", "--interval", "60")
+    frame = pair.frame(ETH_LLDP, bytes(46))
+    old = ()
+    for sent, between in ((3, 4), (5, 0)):
+        with image.ContainerProbeRun(podman, loaded, pair, *args, bpffs=bpffs) as run:
+            run.wait_attached(replacing=old, timeout=30)
+            old = tuple(run.programs[pair.probe_if].values())
+            pair.send_frames([frame] * sent)
+            settle()
+            final = run.stop()[pair.probe_if]
+        assert run.returncode == 0, run.stderr
+        pair.send_frames([frame] * between)
+    assert "took over the programs pinned in /sys/fs/bpf/knp/" + pair.probe_if in run.stderr
+    assert final["rx"]["l3"]["other"] == {"packets": 12, "bytes": 12 * len(frame)}
+    assert pair.probe_programs(), "the pinned programs went with the container"
+    detach = podman(*image.run_args(loaded, pair, bpffs=bpffs), "detach", "-i", pair.probe_if, "--pin",
+                    "/sys/fs/bpf/knp", check=False)
+    assert detach.returncode == 0, detach.stderr
+    assert pair.probe_programs() == []
+    assert os.listdir(os.path.join(bpffs, "knp")) == []
 
 
 def test_the_runtimes_default_seccomp_profile_is_named(podman_image, pair):
