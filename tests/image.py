@@ -17,7 +17,15 @@ from netns import ProbeRun, sh
 SECCOMP_PROFILE = os.path.join(ROOT, "deploy", "seccomp", "kubenetprobe.json")
 MANIFEST = os.path.join(ROOT, "deploy", "kubernetes", "kubenetprobe.yaml")
 CAPABILITIES = ("BPF", "NET_ADMIN", "PERFMON")
+CAPABILITY_MASK = (1 << 39) | (1 << 12) | (1 << 38)  # CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON as /proc shows them
+SECCOMP_MODE_FILTER = 2
 ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
+
+
+def process_status(pid):
+    """{field: value} of /proc/PID/status."""
+    with open("/proc/%d/status" % pid) as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
 def containers_conf(folder):

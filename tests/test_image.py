@@ -17,8 +17,6 @@ pytestmark = pytest.mark.integration
 
 _names = itertools.count()
 MAX_IMAGE_BYTES = 60 * 1000 * 1000
-CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF = 12, 38, 39
-SECCOMP_MODE_FILTER = 2
 
 
 def test_holds_python_libbpf_and_the_pyz_and_no_shell(podman_image):
@@ -55,12 +53,6 @@ def test_rebuilds_into_the_same_image(podman_image, tmp_path):
     assert image.read_archive(rebuilt)["manifest_digest"] == image.read_archive(loaded.archive)["manifest_digest"]
 
 
-def process_status(pid):
-    """{field: value} of /proc/PID/status."""
-    with open("/proc/%d/status" % pid) as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-
-
 @pytest.mark.parametrize("loader", ["libbpf", "native"])
 def test_counts_exactly_read_only_with_three_capabilities(podman_image, pair, loader):
     """Read-only root, CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON only, the shipped seccomp profile, the node's network:
@@ -72,7 +64,7 @@ def test_counts_exactly_read_only_with_three_capabilities(podman_image, pair, lo
                                  name=name) as run:
         run.wait_attached(timeout=30)
         inspected = podman.inspect(name)
-        status = process_status(inspected["State"]["Pid"])
+        status = image.process_status(inspected["State"]["Pid"])
         mix = frame_mix(pair)
         pair.send_frames(interleaved(mix))
         pair.send_frames(interleaved(mix), outgoing=True)
@@ -80,9 +72,8 @@ def test_counts_exactly_read_only_with_three_capabilities(podman_image, pair, lo
         final = run.stop()
     assert run.returncode == 0, run.stderr
     assert inspected["HostConfig"]["ReadonlyRootfs"] is True
-    assert int(status["CapEff"], 16) == (1 << CAP_BPF) | (1 << CAP_NET_ADMIN) | (1 << CAP_PERFMON)
-    assert int(status["CapBnd"], 16) == int(status["CapEff"], 16)
-    assert int(status["Seccomp"]) == SECCOMP_MODE_FILTER
+    assert int(status["CapEff"], 16) == int(status["CapBnd"], 16) == image.CAPABILITY_MASK
+    assert int(status["Seccomp"]) == image.SECCOMP_MODE_FILTER
     report = final[pair.probe_if]
     assert report["loader"] == loader
     assert_counted(report["rx"], mix)
