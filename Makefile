@@ -10,10 +10,12 @@ OBJ        := probe/_bytecode/kubenetprobe.bpf.o
 EMPTY_OBJ  := build/empty.bpf.o
 MINIMAL_OBJ := build/minimal_counter.bpf.o
 PYZ        := dist/kubenetprobe.pyz
-APT_PACKAGES := clang llvm gcc libc6-dev libbpf-dev libbpf1 bpftool iproute2 iputils-ping python3-venv ethtool debootstrap procps python3 netsniff-ng prometheus prometheus-node-exporter podman runc netavark iptables
+IMAGE      := dist/kubenetprobe-image.tar
+APT_PACKAGES := clang llvm gcc libc6-dev libbpf-dev libbpf1 bpftool iproute2 iputils-ping python3-venv ethtool debootstrap procps python3 netsniff-ng prometheus prometheus-node-exporter \
+		podman runc netavark aardvark-dns catatonit golang-github-containers-common iptables
 TOOLS      := $(CLANG) $(STRIP) gcc bpftool ip ping ethtool debootstrap podman runc
 
-.PHONY: all deps ensure-deps build-ebpf build test test-unit test-integration run bench fuzz clean
+.PHONY: all deps ensure-deps build-ebpf build image test test-unit test-integration run bench fuzz clean
 
 all: build
 
@@ -29,7 +31,7 @@ deps:
 ensure-deps:
 	@for tool in $(TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
 	[ -f /usr/include/bpf/bpf_helpers.h ] || missing=1; \
-	$(VPY) -c "import pytest, shiv, vermin" 2>/dev/null || missing=1; \
+	$(VPY) -c "import pytest, shiv, vermin, yaml" 2>/dev/null || missing=1; \
 	if [ -n "$$missing" ]; then $(MAKE) --no-print-directory deps; fi
 
 build-ebpf: $(OBJ)
@@ -52,6 +54,10 @@ build: ensure-deps $(PYZ)
 
 $(PYZ): $(OBJ) $(shell find probe -name "*.py") build_zipapp.py
 	$(VPY) build_zipapp.py --output $@
+
+# The OCI image (podman, as root): the pyz on Python and libbpf from Debian packages, no shell; cached by content.
+image: build
+	$(VPY) build_image.py --pyz $(PYZ) --output $(IMAGE)
 
 # Every test, unit and integration (integration tests need root; with CI=true they never skip).
 test: build $(EMPTY_OBJ)

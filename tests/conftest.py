@@ -153,3 +153,16 @@ def engine():
     """The libbpf engine, opened once for a module's tests."""
     from probe.bpf.libbpf import LibbpfEngine
     return LibbpfEngine()
+
+
+@pytest.fixture(scope="session")
+def podman_image(tmp_path_factory):
+    """The container image of this checkout (build_image.py, cached by content), loaded into podman's store for the
+    session and removed after it: (image.Podman, image.Image)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (chroot, podman); run `sudo make test`")
+    tool("podman")
+    import image
+    podman, loaded = image.session_image(str(tmp_path_factory.mktemp("podman")))
+    yield podman, loaded
+    loaded.remove()

@@ -253,6 +253,38 @@ def raw_frames(pair):
     ]
 
 
+def frame_mix(pair):
+    """Frames of every class, each sent a different number of times: [(frame, l3, l4 or None, times)]."""
+    mix = raw_frames(pair) + [(pair.frame(frames.ETH_IP, frames.ipv4(frames.TCP, frames.tcp())), "ipv4", "tcp"),
+                              (pair.frame(frames.ETH_IPV6, frames.ipv6(frames.ICMPV6, frames.icmp(128))), "ipv6",
+                               "icmpv6")]
+    return [(frame, l3, l4, times) for (frame, l3, l4), times in zip(mix, (3, 1, 4, 6, 5, 9, 2))]
+
+
+def expected_counts(mix, level, classes):
+    """{class: (packets, bytes)} that a mix of frames should give at one level ("l3" or "l4")."""
+    counts = {c: (0, 0) for c in classes}
+    for frame, l3, l4, times in mix:
+        cls = l3 if level == "l3" else l4
+        if cls:
+            counts[cls] = (counts[cls][0] + times, counts[cls][1] + times * len(frame))
+    return counts
+
+
+def interleaved(mix):
+    """The frames of a mix in the order to send them: interleaved, so that no class arrives as one burst."""
+    return [f for rnd in range(max(t for *_, t in mix)) for f, _, _, t in mix if rnd < t]
+
+
+def assert_counted(counted, mix):
+    """One direction of a report ("rx" or "tx" of it) counted a mix of frames exactly, class by class."""
+    assert {k: (v["packets"], v["bytes"]) for k, v in counted["l3"].items()} == \
+        expected_counts(mix, "l3", ("ipv4", "ipv6", "arp", "other"))
+    assert {k: (v["packets"], v["bytes"]) for k, v in counted["l4"].items()} == \
+        expected_counts(mix, "l4", ("tcp", "udp", "icmp", "icmpv6", "other"))
+    assert (counted["packets"], counted["bytes"]) == (sum(t for *_, t in mix), sum(len(f) * t for f, _, _, t in mix))
+
+
 def without_libbpf():
     """A command prefix that runs its command with the system's libbpf hidden (a private mount namespace)."""
     libs = [line.split(" => ")[1] for line in sh("ldconfig", "-p").stdout.splitlines()

@@ -207,6 +207,15 @@ def _filter_error(e, interface, index, direction, owner):
                                                                                        e.message), errno=e.errno)
 
 
+def _runs_ours(current, owner):
+    """Whether the filter at the probe's own priority and handle (a Filter, or None) runs `owner`'s program: by the
+    program's name, or by that place alone where only CAP_SYS_ADMIN may read the name (a probe with CAP_BPF)."""
+    if current is None or current.kind != "bpf":
+        return False
+    name = program_name(current.prog_id)
+    return name.startswith(owner) or not name
+
+
 def take_over(interface, direction, owner, link_fd=None):
     """The attachment a previous run left to this one on a TC hook (its pinned TCX link, or its filter)."""
     _check(direction)
@@ -214,15 +223,16 @@ def take_over(interface, direction, owner, link_fd=None):
     if link_fd is not None:
         info = syscall.link_info(link_fd)
         name = program_name(info.prog_id)
+        # A program whose name only CAP_SYS_ADMIN may read (""): the link pinned in our folder vouches for it.
         if (info.type, info.ifindex, info.attach_type) == (BPF_LINK_TYPE_TCX, index, _TCX_ATTACH_TYPES[direction]) \
-                and name.startswith(owner):
+                and (name.startswith(owner) or not name):
             return TcxLink(link_fd, interface, index, direction)
         os.close(link_fd)
         found = "its link runs program id %d (%s) %s" % (
             info.prog_id, name, "there" if info.ifindex == index else "elsewhere, or nowhere any more")
     else:
         current = _our_filter(index, direction)
-        if current and current.kind == "bpf" and program_name(current.prog_id).startswith(owner):
+        if _runs_ours(current, owner):
             return NetlinkTc(current.prog_id, interface, index, direction, added_qdisc=False)
         found = "its filter's place holds %s" % (_describe(current) if current else "nothing")
     raise ProbeError("the pinned state of %s (TC %s) is stale: %s" % (interface, direction, found),
@@ -267,7 +277,7 @@ def detach(interface, owner, force=False):
         if current is None:
             continue
         name = program_name(current.prog_id) if current.kind == "bpf" else current.kind
-        if not (current.kind == "bpf" and name.startswith(owner)) and not force:
+        if not _runs_ours(current, owner) and not force:
             raise ProbeError("the TC %s filter of %s at priority %d, handle 0x%x is not %s's: %s" %
                              (direction, interface, FILTER_PRIO, FILTER_HANDLE, owner, _describe(current)),
                              hint="--force removes it anyway")

@@ -80,12 +80,15 @@ class NetlinkXdp(XdpAttachment):
         """Swap in another program, atomically; where the kernel can (5.7+), only if ours is still there."""
         flags = _MODE_FLAGS[self.mode]
         with program_fd(self.program_id) as old_prog_fd:
-            try:
-                netlink.xdp_attach(self.ifindex, new_prog_fd, flags | XDP_FLAGS_REPLACE, old_prog_fd)
-            except KernelError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                netlink.xdp_attach(self.ifindex, new_prog_fd, flags)  # no XDP_FLAGS_REPLACE before 5.7
+            if old_prog_fd is None:  # ours cannot be opened without CAP_SYS_ADMIN: swap unconditionally
+                netlink.xdp_attach(self.ifindex, new_prog_fd, flags)
+            else:
+                try:
+                    netlink.xdp_attach(self.ifindex, new_prog_fd, flags | XDP_FLAGS_REPLACE, old_prog_fd)
+                except KernelError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    netlink.xdp_attach(self.ifindex, new_prog_fd, flags)  # no XDP_FLAGS_REPLACE before 5.7
         self.program_id = syscall.prog_info(new_prog_fd).id
 
     def close(self, keep=False):
@@ -106,7 +109,12 @@ def take_over(interface, owner, link_fd=None):
     """The attachment a previous run left to this one (its pinned link, or its netlink program)."""
     index = interfaces.ifindex(interface)
     current = holder(index)
-    if current is None or not current.is_owned_by(owner):
+    # A program whose name only CAP_SYS_ADMIN may read is ours if the link pinned in our folder runs it.
+    if current is not None and not current.name and link_fd is not None:
+        owned = syscall.link_info(link_fd).prog_id == current.prog_id
+    else:
+        owned = current is not None and current.is_owned_by(owner)
+    if not owned:
         if link_fd is not None:
             os.close(link_fd)
         found = "it runs %s" % current if current else "it has no XDP program"

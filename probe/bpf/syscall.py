@@ -361,10 +361,13 @@ def detach_xdp_links(ifindex, prog_id):
             os.close(fd)
 
 
-def link_update(link_fd, new_prog_fd, old_prog_fd):
-    """Swap the program a link runs, atomically, if it still runs old_prog_fd."""
-    bpf(BPF_LINK_UPDATE, LinkUpdateAttr(link_fd=link_fd, new_prog_fd=new_prog_fd, flags=BPF_F_REPLACE,
-                                        old_prog_fd=old_prog_fd))
+def link_update(link_fd, new_prog_fd, old_prog_fd=None):
+    """Swap the program a link runs, atomically: if it still runs old_prog_fd, unless that is None."""
+    if old_prog_fd is None:
+        bpf(BPF_LINK_UPDATE, LinkUpdateAttr(link_fd=link_fd, new_prog_fd=new_prog_fd))
+    else:
+        bpf(BPF_LINK_UPDATE, LinkUpdateAttr(link_fd=link_fd, new_prog_fd=new_prog_fd, flags=BPF_F_REPLACE,
+                                            old_prog_fd=old_prog_fd))
 
 
 def obj_pin(fd, path):
