@@ -8,7 +8,7 @@ import re
 import resource
 import sys
 
-from probe import layout
+from probe import layout, owners
 from probe.errors import (PRIVILEGES_FIX, SECCOMP_BLOCKED, SECCOMP_FIX, SECCOMP_MODES, KernelError, ProbeError,
                           blocked_by_seccomp, capable, effective_capabilities, read_status, seccomp_filtered)
 
@@ -26,10 +26,6 @@ FEATURES = (("XDP links", "bpf_xdp_link_attach", (5, 9),
              "detach` removes them)"))
 BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
 KALLSYMS = "/proc/kallsyms"
-# Where container runtimes keep each container's state (its OCI config.json), on the node.
-RUNTIME_STATE = (("containerd", "/run/containerd/io.containerd.runtime.v2.task/k8s.io"),
-                 ("containers/storage", "/var/lib/containers/storage/overlay-containers"),
-                 ("containers/storage", "/run/containers/storage/overlay-containers"))
 NEEDED = ("BPF", "NET_ADMIN", "PERFMON")
 
 DESCRIPTION = """\
@@ -279,22 +275,26 @@ def attached(bpf_refused):
     return checks
 
 
-def runtime_state(folders=RUNTIME_STATE):
-    """The container runtimes' state folders found, with how many containers each holds."""
-    found, readable = [], False
-    for runtime, path in folders:
+def runtime_state(roots=owners.DEFAULT_ROOTS):
+    """The container runtimes' state folders found (where attribution reads them), with how many containers with
+    a network namespace of their own each names."""
+    found, readable, looked = [], False, []
+    for root in roots:
+        runtime, folder = owners.state_folder(root)
+        looked.append(folder)
         try:
-            count = len(os.listdir(path))
+            os.listdir(folder)
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as e:  # such as a folder under one only root may read
-            found.append("%s %s (unreadable: %s)" % (runtime, path, e.strerror))
-        else:
-            readable = True
-            found.append("%s %s (%d container%s)" % (runtime, path, count, "" if count == 1 else "s"))
+            found.append("%s %s (unreadable: %s)" % (runtime, folder, e.strerror))
+            continue
+        readable = True
+        count = len(owners.scan(root)[0])
+        found.append("%s %s (%d with a network namespace)" % (runtime, folder, count))
     if found:
         return Check("runtime state", readable, "; ".join(found), None if readable else "run as root", False)
-    return Check("runtime state", False, "none of %s" % ", ".join(path for _, path in folders),
+    return Check("runtime state", False, "none of %s" % ", ".join(looked),
                  "none is needed on a host without containers; in a container, mount the node's state folders "
                  "read-only", False)
 

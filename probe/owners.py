@@ -100,11 +100,20 @@ def _layout(root):
     return "containerd", root
 
 
+def state_folder(root):
+    """(runtime, the folder that lists its containers) of a state root: containers/storage's overlay-containers,
+    or containerd's runtime-v2 task folder (a folder per containerd namespace)."""
+    kind, base = _layout(root)
+    if kind == "storage":
+        return "containers/storage", os.path.join(base, "overlay-containers")
+    return "containerd", base
+
+
 def _watched(root):
     """The folders whose change (an entry made or removed) means a container came or went."""
     kind, base = _layout(root)
     if kind == "storage":
-        return [os.path.join(base, "overlay-containers")]
+        return [state_folder(root)[1]]
     try:
         namespaces = sorted(os.listdir(base))
     except OSError:

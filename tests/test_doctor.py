@@ -191,12 +191,15 @@ def test_privileges_check():
 
 
 def test_runtime_state(tmp_path):
-    (tmp_path / "podman" / "abc").mkdir(parents=True)
-    (tmp_path / "podman" / "def").mkdir()
-    check = doctor.runtime_state([("containerd", str(tmp_path / "missing")),
-                                  ("containers/storage", str(tmp_path / "podman"))])
-    assert check.ok and check.detail == "containers/storage %s (2 containers)" % (tmp_path / "podman")
-    none = doctor.runtime_state([("containerd", str(tmp_path / "missing"))])
+    """The folders attribution reads, with the containers that have a network namespace of their own."""
+    folder = tmp_path / "storage" / "overlay-containers"
+    for name, netns in (("abc", "/run/netns/netns-1"), ("def", None)):
+        (folder / name / "userdata").mkdir(parents=True)
+        spec = {"linux": {"namespaces": [{"type": "network", "path": netns}] if netns else []}}
+        (folder / name / "userdata" / "config.json").write_text(json.dumps(spec))
+    check = doctor.runtime_state([str(tmp_path / "missing"), str(tmp_path / "storage")])
+    assert check.ok and check.detail == "containers/storage %s (1 with a network namespace)" % folder
+    none = doctor.runtime_state([str(tmp_path / "missing")])
     assert (none.ok, none.required) == (False, False)
 
 
