@@ -158,7 +158,7 @@ def engine():
 @pytest.fixture(scope="session")
 def podman_image(tmp_path_factory):
     """The container image of this checkout (build_image.py, cached by content), loaded into podman's store for the
-    session and removed after it: (image.Podman, image.Image)."""
+    session and removed after it: (podman.Podman, image.Image)."""
     if os.geteuid() != 0:
         pytest.skip("needs root (chroot, podman); run `sudo make test`")
     tool("podman")

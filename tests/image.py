@@ -1,11 +1,7 @@
-"""The container image in podman: built by build_image.py (cached by content), loaded, run, inspected, removed.
-
-Podman on these machines needs runc, cgroupfs and ulimits within the current hard limits
-(../shared/PLATFORM_NOTES.md): every podman command here gets them.
-"""
+"""The container image in podman (podman.Podman, with the flags these machines need): built by build_image.py
+(cached by content), loaded, run, inspected, removed."""
 import json
 import os
-import re
 import subprocess
 import sys
 import tarfile
@@ -13,46 +9,19 @@ import urllib.request
 
 from conftest import ROOT
 from netns import ProbeRun, sh
+from podman import RUN_FLAGS, Podman
 
 SECCOMP_PROFILE = os.path.join(ROOT, "deploy", "seccomp", "kubenetprobe.json")
 MANIFEST = os.path.join(ROOT, "deploy", "kubernetes", "kubenetprobe.yaml")
 CAPABILITIES = ("BPF", "NET_ADMIN", "PERFMON")
 CAPABILITY_MASK = (1 << 39) | (1 << 12) | (1 << 38)  # CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON as /proc shows them
 SECCOMP_MODE_FILTER = 2
-ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
 
 
 def process_status(pid):
     """{field: value} of /proc/PID/status."""
     with open("/proc/%d/status" % pid) as f:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-
-
-def containers_conf(folder):
-    """A containers.conf in `folder` that sets no default ulimits (the VM's hard limits are below podman's)."""
-    path = os.path.join(folder, "containers.conf")
-    with open(path, "w") as f:
-        f.write("[containers]\ndefault_ulimits = []\n")
-    return path
-
-
-class Podman(object):
-    """podman with the flags this machine needs, and a containers.conf of its own."""
-
-    def __init__(self, conf):
-        self.env = dict(os.environ, CONTAINERS_CONF=conf)
-        self.base = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
-
-    def command(self, *args):
-        return self.base + list(args)
-
-    def __call__(self, *args, **kwargs):
-        """Run a podman command; fails loudly unless check=False."""
-        return sh(*self.command(*args), env=self.env, **kwargs)
-
-    def inspect(self, name):
-        """`podman inspect` of one container, as a dict."""
-        return json.loads(self("inspect", name).stdout)[0]
 
 
 class Image(object):
@@ -63,7 +32,7 @@ class Image(object):
         ref = read_archive(archive)["ref"]
         existed = podman("image", "exists", ref, check=False).returncode == 0
         self.name = podman("load", "--quiet", "-i", archive).stdout.split("Loaded image: ")[-1].strip()
-        self.id = podman("image", "inspect", "--format", "{{.Id}}", self.name).stdout.strip()
+        self.id = podman.output("image", "inspect", "--format", "{{.Id}}", self.name)
         self.ours = not existed
 
     def remove(self):
@@ -98,7 +67,7 @@ def run_args(image, pair, seccomp=SECCOMP_PROFILE, name=None, bpffs=None):
     default), in the probe's network namespace (the container's host network is the node's, here the test's), and
     a bpffs of the host's at /sys/fs/bpf if given."""
     args = ["run", "--rm", "--read-only", "--cap-drop", "ALL", "--cap-add", ",".join(CAPABILITIES),
-            "--network", "ns:/run/netns/" + pair.probe_ns] + list(ULIMITS) + (["--name", name] if name else [])
+            "--network", "ns:/run/netns/" + pair.probe_ns] + RUN_FLAGS + (["--name", name] if name else [])
     if bpffs:
         args += ["--volume", bpffs + ":/sys/fs/bpf"]
     if seccomp:
@@ -118,7 +87,7 @@ class ContainerProbeRun(ProbeRun):
 
 def session_image(tmp_folder):
     """Build and load the image; returns (Podman, Image)."""
-    podman = Podman(containers_conf(tmp_folder))
+    podman = Podman(tmp_folder)
     archive = os.path.join(tmp_folder, "kubenetprobe-image.tar")
     build(archive)
     return podman, Image(podman, archive)
@@ -159,13 +128,3 @@ def metrics(pair, port, path="/metrics"):
         except OSError:
             return None
 
-
-def l3_counted(text, interface):
-    """{direction: {protocol: (packets, bytes)}} of an interface in a scrape of /metrics."""
-    found = {}
-    for kind in ("packets", "bytes"):
-        pattern = r'^kubenetprobe_l3_%s_total\{interface="%s",direction="(\w+)",protocol="(\w+)"\} (\S+)$' % (
-            kind, re.escape(interface))
-        for direction, protocol, value in re.findall(pattern, text, re.M):
-            found.setdefault(direction, {}).setdefault(protocol, [0, 0])[kind == "bytes"] = int(float(value))
-    return {d: {p: tuple(v) for p, v in by.items()} for d, by in found.items()}

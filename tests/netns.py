@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import frames
@@ -209,6 +210,12 @@ class VethPair(object):
         (or `ifname` of the probe's namespace), through its TC egress."""
         ns, ifname = (self.probe_ns, ifname or self.probe_if) if outgoing else (self.peer_ns, self.peer_if)
         self.send_from(ns, ifname, frames)
+
+    def send_both_ways(self, frames):
+        """Send raw Ethernet frames out of the peer's end, then the same frames out of the probe's: the probe's end
+        receives them all and sends them all."""
+        self.send_frames(frames)
+        self.send_frames(frames, outgoing=True)
 
     def send_from(self, ns, ifname, frames):
         """Send raw Ethernet frames (bytes) out of interface `ifname` of namespace `ns`, one send each."""
@@ -410,6 +417,62 @@ class ProbeRun(object):
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.communicate()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+
+
+class WatchedRun(object):
+    """kubenetprobe.pyz --json in network namespace `ns`, its reports read in a thread as they come (`reports`), for
+    tests that look at them while it runs."""
+
+    def __init__(self, ns, *args):
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, PYZ, "--json"] + list(args),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        self.reports = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.reports.append(json.loads(line))
+
+    def of(self, interface):
+        """The reports of an interface so far."""
+        return [r for r in list(self.reports) if r["interface"] == interface]
+
+    def wait(self, condition, what, timeout=20):
+        """Wait until condition() is true (of the reports so far, say); fails at once if the probe exits."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.proc.poll() is not None:
+                self._reader.join(5)
+                raise AssertionError("probe exited with %s: %s" % (self.proc.returncode, self.proc.stderr.read()))
+            assert time.monotonic() < deadline, "no %s after %ss" % (what, timeout)
+            time.sleep(0.05)
+
+    def next_report(self, interface):
+        """The next report of an interface after those seen so far."""
+        seen = len(self.of(interface))
+        self.wait(lambda: len(self.of(interface)) > seen, "report of " + interface)
+        return self.of(interface)[seen]
+
+    def stop(self):
+        """SIGINT: returns the final reports by interface, after checking the probe exited 0."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(10)
+        self._reader.join(10)
+        self.stderr = self.proc.stderr.read()
+        assert self.proc.returncode == 0, self.stderr
+        return {r["interface"]: r for r in self.reports if r["final"]}
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
     def __enter__(self):
         return self

@@ -1,6 +1,7 @@
 """Podman from Debian, as these machines need it (PLATFORM_NOTES): runc with cgroupfs, ulimits within the hard
-limits and none by default (CONTAINERS_CONF), netavark's bridge networks; run in a network namespace of the test's
-own, so its bridges and veths live there; images imported from a debootstrap root filesystem."""
+limits and none by default (CONTAINERS_CONF), netavark's bridge networks, made in a network namespace of the test's
+own where one is given, so its bridges and veths live there; images imported from a debootstrap root filesystem."""
+import json
 import os
 import subprocess
 
@@ -17,28 +18,33 @@ network_backend = "netavark"
 
 
 class Podman(object):
-    """podman with this machine's flags, its networks made in network namespace `ns` (`nsenter`, which unlike
-    `ip netns exec` leaves /sys, and the cgroups runc needs, as they are)."""
+    """podman with this machine's flags and a containers.conf of its own, written into `folder`; with `ns`, its
+    networks made in that network namespace (`nsenter`, which unlike `ip netns exec` leaves /sys, and the cgroups
+    runc needs, as they are)."""
 
-    def __init__(self, ns, folder):
+    def __init__(self, folder, ns=None):
         self.ns = ns
-        self.conf = os.path.join(folder, "containers.conf")
-        with open(self.conf, "w") as f:
+        conf = os.path.join(folder, "containers.conf")
+        with open(conf, "w") as f:
             f.write(CONTAINERS_CONF)
+        self.env = dict(os.environ, CONTAINERS_CONF=conf)
 
     def command(self, *args):
-        return ["nsenter", "--net=/run/netns/" + self.ns, "podman"] + GLOBAL_FLAGS + list(args)
-
-    def env(self):
-        return dict(os.environ, CONTAINERS_CONF=self.conf)
+        enter = ["nsenter", "--net=/run/netns/" + self.ns] if self.ns else []
+        return enter + ["podman"] + GLOBAL_FLAGS + list(args)
 
     def __call__(self, *args, **kwargs):
-        """Run podman; its output, stripped (AssertionError with podman's own words if it fails)."""
-        return sh(*self.command(*args), env=self.env(), **kwargs).stdout.strip()
+        """Run podman; its CompletedProcess (AssertionError with podman's own words if it fails, unless
+        check=False)."""
+        return sh(*self.command(*args), env=self.env, **kwargs)
+
+    def output(self, *args):
+        """Run podman; its output, stripped."""
+        return self(*args).stdout.strip()
 
     def quietly(self, *args):
         """Run podman for cleaning up: failures (already gone) are fine."""
-        subprocess.run(self.command(*args), env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(self.command(*args), env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def run(self, name, image, *args, networks=(), annotations=None):
         """Start a detached container with IPv6 off; returns its id."""
@@ -47,21 +53,26 @@ class Podman(object):
             flags += ["--network", network]
         for key, value in sorted((annotations or {}).items()):
             flags += ["--annotation", "%s=%s" % (key, value)]
-        return self("run", "-d", *(flags + [image] + list(args)))
+        return self.output("run", "-d", *(flags + [image] + list(args)))
 
     def netns(self, name):
         """The file of a container's network namespace (/run/netns/netns-...)."""
-        return self("inspect", "--format", "{{.NetworkSettings.SandboxKey}}", name)
+        return self.output("inspect", "--format", "{{.NetworkSettings.SandboxKey}}", name)
 
     def address(self, name, network):
         """A container's IPv4 address on a network."""
-        return self("inspect", "--format", '{{(index .NetworkSettings.Networks "%s").IPAddress}}' % network, name)
+        return self.output("inspect", "--format", '{{(index .NetworkSettings.Networks "%s").IPAddress}}' % network,
+                           name)
 
     def import_rootfs(self, root, image):
         """Import a root filesystem as an image (tar | podman import)."""
         tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
         try:
-            sh(*self.command("import", "-", image), env=self.env(), stdin=tar.stdout)
+            self("import", "-", image, stdin=tar.stdout)
         finally:
             tar.stdout.close()
             assert tar.wait() == 0
+
+    def inspect(self, name):
+        """`podman inspect` of one container, as a dict."""
+        return json.loads(self("inspect", name).stdout)[0]

@@ -49,6 +49,13 @@ class Distro(collections.namedtuple("Distro", "suite include python libbpf")):
         return "suite=%s variant=minbase include=%s mirror=%s\n" % (self.suite, ",".join(self.include), MIRROR)
 
 
+# libbpf 0.3 as libbpf.so.0: encoded error pointers, bpf_program__next/bpf_map__next, no libbpf_major_version.
+BULLSEYE = Distro("bullseye", ("python3", "libbpf0"), python="3.9", libbpf="libbpf.so.0")
+TRIXIE = Distro("trixie", ("python3", "libbpf1"), python="3.13", libbpf="libbpf.so.1")
+# No libbpf at all: the minimal-container case, where auto picks the native loader.
+BOOKWORM_NO_LIBBPF = Distro("bookworm", ("python3",), python="3.11", libbpf=None)
+
+
 def path(distro):
     """Where a distro's root filesystem is cached."""
     return os.path.join(CACHE, distro.suite)

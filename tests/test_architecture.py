@@ -9,6 +9,7 @@ import pytest
 from conftest import ROOT
 
 PACKAGE = os.path.join(ROOT, "probe")
+TESTS = os.path.join(ROOT, "tests")
 # What each layer may import from the probe besides itself: the library only the leaf module probe.errors.
 LEAVES = {"probe", "probe.errors"}
 ALLOWED = {
@@ -23,18 +24,25 @@ def modules(layer):
     return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".py"))
 
 
-def probe_imports(path):
-    """Every probe module a source file imports, at any depth (function-level imports too)."""
+def imports(path):
+    """Every module a source file imports, at any depth (function-level imports too)."""
     found = set()
     for node in ast.walk(ast.parse(open(path).read(), path)):
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
+            found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module] + ["%s.%s" % (node.module, alias.name) for alias in node.names]
-        else:
-            continue
-        found.update(n for n in names if n == "probe" or n.startswith("probe."))
+            found.update([node.module] + ["%s.%s" % (node.module, alias.name) for alias in node.names])
     return found
+
+
+def probe_imports(path):
+    """Every probe module a source file imports, at any depth (function-level imports too)."""
+    return {n for n in imports(path) if n == "probe" or n.startswith("probe.")}
+
+
+def imported_test_modules(path):
+    """The test modules (test_*) a source file imports, at any depth."""
+    return sorted({n.split(".")[0] for n in imports(path) if n.startswith("test_")})
 
 
 def outside(imports, layer, allowed):
@@ -62,6 +70,24 @@ def test_scan_sees_an_application_import(tmp_path):
     path.write_text("def f():\n    from probe.monitor import NetworkMonitor\n    import probe.layout\n")
     assert outside(probe_imports(str(path)), "bpf", ALLOWED["bpf"]) == ["probe.layout", "probe.monitor",
                                                                          "probe.monitor.NetworkMonitor"]
+
+
+def test_no_test_module_imports_another():
+    """Test modules share helpers through conftest.py and helper modules (netns.py, exposition.py, podman.py...),
+    never by importing one another."""
+    found = {}
+    for name in sorted(os.listdir(TESTS)):
+        if name.startswith("test_") and name.endswith(".py"):
+            found[name] = imported_test_modules(os.path.join(TESTS, name))
+    assert {name: modules for name, modules in found.items() if modules} == {}
+
+
+def test_scan_sees_a_test_module_import(tmp_path):
+    """The scan itself: a test module imported, at any depth, in either form, is caught; helpers are not."""
+    path = tmp_path / "test_x.py"
+    path.write_text("import netns\nfrom exposition import parse\n\n\ndef f():\n"
+                    "    from test_metrics import parse\n    import test_pods.sub\n")
+    assert imported_test_modules(str(path)) == ["test_metrics", "test_pods"]
 
 
 def test_spec_loads_no_ctypes():

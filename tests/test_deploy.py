@@ -12,7 +12,9 @@ import pytest
 import image
 import probe
 from conftest import ROOT
+from exposition import counted, parse
 from netns import expected_counts, frame_mix, interleaved, settle
+from podman import Podman
 from probe.cli import parser
 
 DEFAULT_PROFILE = "/usr/share/containers/seccomp.json"  # containers-common's: podman's and CRI-O's default
@@ -140,6 +142,11 @@ def wait_serving(pair, port, interface, timeout=60):
     raise AssertionError("the pod does not serve metrics of %s at port %d" % (interface, port))
 
 
+def l3_scraped(pair, port):
+    """{direction: {protocol: (packets, bytes)}} of the probe's interface in a scrape of /metrics."""
+    return {d: levels["l3"] for d, levels in counted(parse(image.metrics(pair, port)), pair.probe_if).items()}
+
+
 def expected_l3(mix, times):
     """{direction: {protocol: (packets, bytes)}} of a mix sent `times` over each way."""
     one = expected_counts(mix, "l3", L3)
@@ -165,32 +172,30 @@ def test_played_pod_runs_as_declared_and_counts_across_a_restart(podman_image, p
             os.mkdir(host_paths[volume["name"]])
     pod_file = tmp_path / "pod.json"
     pod_file.write_text(json.dumps(image.pod_from_daemonset(name, host_paths)))
-    # nsenter --net: podman's host network is then the test's namespace; its mounts stay the host's.
-    play = ["nsenter", "--net=/run/netns/" + pair.probe_ns] + podman.command(
-        "kube", "play", "--replace", "--seccomp-profile-root", os.path.dirname(image.SECCOMP_PROFILE), str(pod_file))
+    # In the test's namespace (nsenter --net): podman's host network is then that namespace; its mounts stay the host's.
+    node = Podman(str(tmp_path), ns=pair.probe_ns)
+    play = ("kube", "play", "--replace", "--seccomp-profile-root", os.path.dirname(image.SECCOMP_PROFILE),
+            str(pod_file))
     container = name + "-" + declared["name"]
     mix = frame_mix(pair)
     try:
-        image.sh(*play, env=podman.env)
+        node(*play)
         wait_serving(pair, port, pair.probe_if)
         inspected = podman.inspect(container)
         status = image.process_status(inspected["State"]["Pid"])
         assert image.metrics(pair, port, "/healthz") == "ok\n"
-        pair.send_frames(interleaved(mix))
-        pair.send_frames(interleaved(mix), outgoing=True)
+        pair.send_both_ways(interleaved(mix))
         settle()
-        assert image.l3_counted(image.metrics(pair, port), pair.probe_if) == expected_l3(mix, 1)
+        assert l3_scraped(pair, port) == expected_l3(mix, 1)
 
         podman("pod", "stop", "--time", "10", name)  # SIGTERM: the pinned programs keep counting
         assert "left pinned in " + declared["args"][-1] in podman("logs", container).stderr
-        pair.send_frames(interleaved(mix))
-        pair.send_frames(interleaved(mix), outgoing=True)
-        image.sh(*play, env=podman.env)
+        pair.send_both_ways(interleaved(mix))
+        node(*play)
         wait_serving(pair, port, pair.probe_if)
-        pair.send_frames(interleaved(mix))
-        pair.send_frames(interleaved(mix), outgoing=True)
+        pair.send_both_ways(interleaved(mix))
         settle()
-        assert image.l3_counted(image.metrics(pair, port), pair.probe_if) == expected_l3(mix, 3)
+        assert l3_scraped(pair, port) == expected_l3(mix, 3)
     finally:
         podman("pod", "rm", "--force", name, check=False)
 

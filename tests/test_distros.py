@@ -9,15 +9,10 @@ import pytest
 import rootfs
 from conftest import bpf_source, compile_bpf, pyz_with_object
 from netns import assert_counted, frame_mix, interleaved, settle
-from rootfs import Distro
+from rootfs import BOOKWORM_NO_LIBBPF, BULLSEYE, TRIXIE
 
 pytestmark = pytest.mark.integration
 
-# libbpf 0.3 as libbpf.so.0: encoded error pointers, bpf_program__next/bpf_map__next, no libbpf_major_version.
-BULLSEYE = Distro("bullseye", ("python3", "libbpf0"), python="3.9", libbpf="libbpf.so.0")
-TRIXIE = Distro("trixie", ("python3", "libbpf1"), python="3.13", libbpf="libbpf.so.1")
-# No libbpf at all: the minimal-container case, where auto picks the native loader.
-BOOKWORM_NO_LIBBPF = Distro("bookworm", ("python3",), python="3.11", libbpf=None)
 WITH_LIBBPF = [BULLSEYE, TRIXIE]
 ALL = WITH_LIBBPF + [BOOKWORM_NO_LIBBPF]
 
@@ -61,9 +56,7 @@ def test_counts_exactly(distro, root, pair, hook):
         probe.wait_attached(timeout=20)
         mapped = probe.mapped_libbpf()
         mix = frame_mix(pair)
-        # The same frames sent back out of the probe's end.
-        pair.send_frames(interleaved(mix))
-        pair.send_frames(interleaved(mix), outgoing=True)
+        pair.send_both_ways(interleaved(mix))
         settle()
         final = probe.stop()
     assert probe.returncode == 0, probe.stderr

@@ -66,8 +66,7 @@ def test_counts_exactly_read_only_with_three_capabilities(podman_image, pair, lo
         inspected = podman.inspect(name)
         status = image.process_status(inspected["State"]["Pid"])
         mix = frame_mix(pair)
-        pair.send_frames(interleaved(mix))
-        pair.send_frames(interleaved(mix), outgoing=True)
+        pair.send_both_ways(interleaved(mix))
         settle()
         final = run.stop()
     assert run.returncode == 0, run.stderr

@@ -6,10 +6,8 @@ BPF run-time statistics, and the endpoint abused while the probe counts."""
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -18,8 +16,9 @@ import urllib.request
 import pytest
 
 import fakes
-from conftest import PYZ, tool
-from netns import settle, sh
+from conftest import tool
+from exposition import COUNTED, counted, parse, promtool
+from netns import WatchedRun, settle, sh
 from probe import layout, metrics
 from probe.errors import KernelError
 from probe.prometheus import render
@@ -29,40 +28,6 @@ from traffic import (DIRECTIONS, class_frames, classes, ping, ping_frame_size, r
 PORT = 9199  # the probe's, on 127.0.0.1 of the probe's namespace (a fresh one: nothing else listens there)
 PROMETHEUS_PORT = 9090
 NODE_EXPORTER_PORT = 9100
-COUNTED = ("kubenetprobe_l3_packets_total", "kubenetprobe_l3_bytes_total", "kubenetprobe_l4_packets_total",
-           "kubenetprobe_l4_bytes_total")
-SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)\Z')
-LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)",?')
-
-
-def promtool(text):
-    return subprocess.run([tool("promtool"), "check", "metrics"], input=text, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, universal_newlines=True)
-
-
-def parse(text):
-    """[(name, {label: value}, value)] of an exposition's samples."""
-    samples = []
-    for line in text.splitlines():
-        if line.startswith("#") or not line:
-            continue
-        name, labels, value = SAMPLE.match(line).groups()
-        samples.append((name, dict(LABEL.findall(labels or "")), float(value)))
-    return samples
-
-
-def counted(samples, interface):
-    """What the counter families say of an interface, in traffic.classes()'s shape, per direction:
-    {"rx": {"l3": {protocol: (packets, bytes)}, "l4": {...}}, "tx": ...}."""
-    found = {}
-    for name, labels, value in samples:
-        if name in COUNTED and labels["interface"] == interface:
-            level, kind = name.split("_")[1:3]
-            pair = found.setdefault(labels["direction"], {}).setdefault(level, {}).setdefault(labels["protocol"],
-                                                                                               [0, 0])
-            pair[kind == "bytes"] = int(value)
-    return {d: {level: {p: tuple(v) for p, v in by.items()} for level, by in levels.items()}
-            for d, levels in found.items()}
 
 
 def total_packets(samples, interface, direction):
@@ -165,59 +130,29 @@ def test_run_time_families(monkeypatch):
 
 # The probe, for real
 
-class Listening(object):
+class Listening(WatchedRun):
     """kubenetprobe.pyz --json --listen 127.0.0.1:PORT in the pair's probe namespace, a periodic report a minute,
     its reports read as they come; scraped from inside that namespace."""
 
     def __init__(self, pair, *args):
+        WatchedRun.__init__(self, pair.probe_ns, "--interval", "60", "--listen", "127.0.0.1:%d" % PORT, *args)
         self.pair = pair
-        self.proc = subprocess.Popen(["ip", "netns", "exec", pair.probe_ns, sys.executable, PYZ, "--json",
-                                      "--interval", "60", "--listen", "127.0.0.1:%d" % PORT] + list(args),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-        self.reports = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.reports.append(json.loads(line))
 
     def wait_ready(self, timeout=10):
         """Wait until /healthz answers ok (the probe attached and serving)."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def ready():
             try:
-                if get(self.pair, PORT, "/healthz") == (200, b"ok\n"):
-                    return self
+                return get(self.pair, PORT, "/healthz") == (200, b"ok\n")
             except OSError:
-                pass
-            if self.proc.poll() is not None:
-                raise AssertionError("probe exited with %s: %s" % (self.proc.returncode, self.proc.stderr.read()))
-            assert time.monotonic() < deadline, "the probe does not serve /healthz"
-            time.sleep(0.05)
+                return False
+        self.wait(ready, "answer ok from /healthz", timeout)
+        return self
 
     def scrape(self):
         """The samples of one scrape of /metrics."""
         status, body = get(self.pair, PORT, "/metrics")
         assert status == 200, body
         return parse(body.decode())
-
-    def stop(self):
-        """SIGINT: returns the final reports by interface, after checking the probe exited 0."""
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(10)
-        self._reader.join(10)
-        self.stderr = self.proc.stderr.read()
-        assert self.proc.returncode == 0, self.stderr
-        return {r["interface"]: r for r in self.reports if r["final"]}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
 
 
 def get(pair, port, path, timeout=10):

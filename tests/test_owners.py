@@ -11,12 +11,12 @@ import subprocess
 import pytest
 
 import fakes
+from exposition import parse, promtool
 from netns import sh
 from probe import metrics, output, owners
 from probe.owners import Owner, Owners
 from probe.prometheus import render
 from probe.reports import Reporter, by_owner
-from test_metrics import parse, promtool
 from traffic import inside
 
 _serial = itertools.count()

@@ -7,20 +7,15 @@ reports and in /metrics, and containers started and removed while it runs get th
 report and leave with it."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
 import rootfs
-from conftest import PYZ
-from netns import SEND_UDP, TCP_CLIENT, TCP_SERVER, settle, sh
+from exposition import parse
+from netns import SEND_UDP, TCP_CLIENT, TCP_SERVER, WatchedRun, settle, sh
 from podman import Podman
-from test_distros import BOOKWORM_NO_LIBBPF
-from test_metrics import parse
 from traffic import delta, link_stats
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built_pyz")]
@@ -42,60 +37,13 @@ print("received", flush=True)
 """
 
 
-class Probe(object):
-    """kubenetprobe.pyz --all --json in the test's namespace; reports read as they come."""
-
-    def __init__(self, ns, *args):
-        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, PYZ, "--all", "--json"] + list(args),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-        self.reports = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.reports.append(json.loads(line))
-
-    def of(self, interface):
-        return [r for r in list(self.reports) if r["interface"] == interface]
-
-    def wait(self, condition, what, timeout=20):
-        """Wait until condition() is true of the reports so far."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if self.proc.poll() is not None:
-                self._reader.join(5)
-                raise AssertionError("probe exited with %s: %s" % (self.proc.returncode, self.proc.stderr.read()))
-            assert time.monotonic() < deadline, "no report of %s after %ss" % (what, timeout)
-            time.sleep(0.05)
-
-    def next_report(self, interface):
-        """The next report of an interface after those seen so far."""
-        seen = len(self.of(interface))
-        self.wait(lambda: len(self.of(interface)) > seen, interface)
-        return self.of(interface)[seen]
-
-    def stop(self):
-        """SIGINT; returns the final reports, by interface."""
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(10)
-        self._reader.join(10)
-        assert self.proc.returncode == 0, self.proc.stderr.read()
-        return {r["interface"]: r for r in self.reports if r["final"]}
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 class Node(object):
     """A namespace standing for a node, podman's networks in it, and the image the containers run."""
 
     def __init__(self, folder):
         self.ns = PREFIX + "-node"
         self.networks = [PREFIX + "-net%d" % i for i in range(len(SUBNETS))]
-        self.podman = Podman(self.ns, folder)
+        self.podman = Podman(folder, ns=self.ns)
         self.containers = []
 
     def __enter__(self):
@@ -104,7 +52,7 @@ class Node(object):
         # No IPv6 on the bridges and veths made here: nothing crosses them but what the test sends.
         sh("ip", "netns", "exec", self.ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
            "net.ipv6.conf.default.disable_ipv6=1")
-        root, _ = rootfs.ensure(BOOKWORM_NO_LIBBPF)
+        root, _ = rootfs.ensure(rootfs.BOOKWORM_NO_LIBBPF)
         self.podman.import_rootfs(root, IMAGE)
         for network, subnet in zip(self.networks, SUBNETS):
             self.podman("network", "create", "--disable-dns", "--subnet", subnet, network)
@@ -188,8 +136,9 @@ def test_pod_and_container_counts_exact(node):
     ICMP and UDP exactly what was sent, TCP the same on both ends, every count what the kernel counted on the
     veth meanwhile; --group-by pod sums web's two veths, in the reports and in /metrics."""
     uid = "6f1c-%s" % PREFIX
-    probe = Probe(node.ns, "--interval", "0.5")
-    grouped = Probe(node.ns, "--interval", "0.5", "--group-by", "pod", "--listen", "127.0.0.1:%d" % METRICS_PORT)
+    probe = WatchedRun(node.ns, "--all", "--interval", "0.5")
+    grouped = WatchedRun(node.ns, "--all", "--interval", "0.5", "--group-by", "pod", "--listen",
+                         "127.0.0.1:%d" % METRICS_PORT)
     try:
         before = node.veths()
         _, web_ns = node.start("web", node.networks, pod_annotations("web", "shop", uid))
@@ -199,7 +148,7 @@ def test_pod_and_container_counts_exact(node):
         assert len(web_veths) == 2
         veths = web_veths + [client_veth]
         for name in veths:
-            probe.wait(lambda: probe.of(name), name)
+            probe.wait(lambda: probe.of(name), "report of " + name)
         kernel_before, probe_before = quiet(node, probe, veths)
 
         web = {"kind": "pod", "name": "web", "namespace": "shop", "uid": uid, "runtime": "podman"}
@@ -272,9 +221,9 @@ def test_owners_follow_containers_coming_and_going(node):
     """Containers started while the probe runs: each one's veth has its owner on its first report, counts
     what is sent to it, and its final report, when the container is removed, still names it; the veth of a
     container started after that (netavark may give it the same name) is the new one's."""
-    bridges = sorted(set(json.loads(node.podman("network", "inspect", *node.networks))[i]["network_interface"]
+    bridges = sorted(set(json.loads(node.podman.output("network", "inspect", *node.networks))[i]["network_interface"]
                          for i in range(len(node.networks))))
-    probe = Probe(node.ns, "--interval", "0.3")
+    probe = WatchedRun(node.ns, "--all", "--interval", "0.3")
     try:
         probe.next_report(bridges[0])
         gone = []
@@ -289,7 +238,7 @@ def test_owners_follow_containers_coming_and_going(node):
                                       "runtime": "podman"}
             sh("ip", "netns", "exec", node.ns, "ping", "-q", "-c", "2", "-i", "0.1", node.address("api%d" % i))
             node.remove("api%d" % i)
-            probe.wait(lambda: any(r["final"] and r["ifindex"] == index for r in probe.reports), "a final report")
+            probe.wait(lambda: any(r["final"] and r["ifindex"] == index for r in probe.reports), "final report")
             final, = [r for r in probe.reports if r["final"] and r["ifindex"] == index]
             assert final["owner"] == first["owner"]
             assert l4(final["tx"], "icmp") == l4(final["rx"], "icmp") == 2

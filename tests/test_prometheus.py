@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 
 from conftest import ROOT, tool
+from exposition import promtool
 from probe import prometheus
 from probe.errors import ProbeError
 from probe.prometheus import Family, MetricsServer, parse_listen, process_families, render
@@ -87,11 +88,6 @@ def test_values(value, text):
 def test_refused(families):
     with pytest.raises(ValueError):
         render(families)
-
-
-def promtool(text):
-    return subprocess.run([tool("promtool"), "check", "metrics"], input=text, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, universal_newlines=True)
 
 
 def test_promtool_accepts_the_output():
