@@ -34,7 +34,7 @@ ensure-deps:
 
 build-ebpf: $(OBJ)
 
-$(OBJ): bpf/kubenetprobe.bpf.c bpf/kubenetprobe.h bpf/classify.h
+$(OBJ): bpf/kubenetprobe.bpf.c bpf/kubenetprobe.h bpf/classify.h bpf/talkers.h
 	@mkdir -p $(dir $@)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 	$(STRIP) -g $@

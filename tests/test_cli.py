@@ -47,8 +47,9 @@ def test_help_teaches(capsys):
 class RecordingMonitor(object):
     """Stands in for NetworkMonitor: records what run() attaches to, and with which loader."""
 
-    def __init__(self, loader, pin_dir, object_path):
+    def __init__(self, loader, pin_dir, object_path, talkers=0, talkers_capacity=None):
         self.loader, self.pin_dir, self.object_path = loader, pin_dir, object_path
+        self.talkers, self.talkers_capacity = talkers, talkers_capacity
         self.attached = []
         RecordingMonitor.last = self
 

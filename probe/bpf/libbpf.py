@@ -47,6 +47,8 @@ _OPTIONAL = {
     "libbpf_major_version": (_u32, []),
     "libbpf_minor_version": (_u32, []),
 }
+# A map's capacity set before load: bpf_map__set_max_entries (0.5+), or bpf_map__resize (0.x, gone in 1.0).
+_SET_MAX_ENTRIES = ("bpf_map__set_max_entries", "bpf_map__resize")
 
 
 # What a map in the kernel must share with a declaration to stand in for it, as libbpf judges a pinned map:
@@ -211,6 +213,8 @@ class LibbpfEngine(Engine):
             else:
                 self._iterators[key] = (_bind(self.lib, old, _p, [_p, _p]), True)
         self._pin_path = _bind(self.lib, next(n for n in _PIN_PATH if hasattr(self.lib, n)), ctypes.c_char_p, [_p])
+        self._set_max_entries = _bind(self.lib, next(n for n in _SET_MAX_ENTRIES if hasattr(self.lib, n)),
+                                      ctypes.c_int, [_p, _u32])
         for name, (restype, argtypes) in _OPTIONAL.items():
             if hasattr(self.lib, name):
                 _bind(self.lib, name, restype, argtypes)
@@ -282,12 +286,14 @@ class LibbpfEngine(Engine):
         self.lib.bpf_object__close(self._open(ctypes.create_string_buffer(bytes(data), len(data))))
         self._log.take()
 
-    def load_bytes(self, data, reuse_maps=None, pin_root=None):
+    def load_bytes(self, data, reuse_maps=None, pin_root=None, max_entries=None):
         raise_memlock_limit()
         buffer = ctypes.create_string_buffer(bytes(data), len(data))
         obj = self._open(buffer, pin_root)
         try:
             names = self.map_names(obj)
+            for name, entries in sorted((max_entries or {}).items()):
+                self._resize(obj, name, entries)
             for name, fd in sorted((reuse_maps or {}).items()):
                 self._reuse(obj, name, fd)
             # A pin found in place is reused, not made: it is not this load's to remove.
@@ -302,6 +308,15 @@ class LibbpfEngine(Engine):
         except BaseException:
             self.lib.bpf_object__close(obj)
             raise
+
+    def _resize(self, obj, name, entries):
+        """Give the object's map `name` another capacity, before load."""
+        found = self.lib.bpf_object__find_map_by_name(obj, name.encode())
+        if not found:
+            raise ObjectError("cannot size map %s: the object declares no such map" % name)
+        rc = self._set_max_entries(found, entries)
+        if rc < 0:
+            raise self._error("libbpf cannot size map %s to %d entries" % (name, entries), -rc)
 
     def _reuse(self, obj, name, fd):
         """Have the object's map `name` be the caller's map fd, which must fit its declaration."""

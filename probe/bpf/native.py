@@ -335,7 +335,7 @@ class NativeEngine(Engine):
 
     name = "native"
 
-    def load_bytes(self, data, reuse_maps=None, pin_root=None):
+    def load_bytes(self, data, reuse_maps=None, pin_root=None, max_entries=None):
         try:
             spec = read_object(bytes(data))
         except ObjectError as e:
@@ -347,6 +347,8 @@ class NativeEngine(Engine):
             btf_fd = made.fd(_load_btf(spec.btf)) if spec.btf else None
             maps, programs = {}, {}
             for name, map_spec in spec.maps.items():
+                if max_entries and name in max_entries:
+                    map_spec.max_entries = max_entries[name]
                 if reuse_maps and name in reuse_maps:
                     maps[name] = made.fd(os.dup(reuse_maps[name]))  # this object's own fd of the kernel's map
                 elif map_spec.pinning == LIBBPF_PIN_BY_NAME:
