@@ -383,6 +383,14 @@ class NetworkMonitor(object):
         counted = self.slots.read_all([(a.ifindex, d) for a in self.attachments for d in a.hooks])
         return {a.interface: {d: counted[a.ifindex, d] for d in sorted(a.hooks)} for a in self.attachments}
 
+    def count_talkers(self):
+        """Take the peers' counts of the interval (probe.talkers.Talkers.cycle), where talkers are counted;
+        returns the number of peers retired."""
+        if self.talkers is None:
+            return 0
+        return self.talkers.cycle([(self.slots.given[a.ifindex], d) for a in self.attachments for d in a.hooks
+                                if a.ifindex in self.slots.given])
+
     def talker_stats(self, attachment):
         """{direction: the top peers and other} of an attachment (probe.talkers.Talkers.top) as of the last
         Talkers.cycle(); None without talkers, or once the interface's slot is gone."""

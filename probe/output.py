@@ -28,6 +28,24 @@ def _where(report, direction):
     return "%s %s" % (hook, report["mode"]) if hook == "xdp" else hook
 
 
+TERMINAL_TALKERS = 5  # peers per direction the terminal shows at most, beside `other`
+
+
+def talker_lines(report, direction, limit=TERMINAL_TALKERS):
+    """The lines of a direction's top peers (--talkers) under its counters in the terminal view, `other` last;
+    none without talkers."""
+    listed = (report.get("talkers") or {}).get(direction)
+    if not listed:
+        return []
+    shown = [p for p in listed if p["address"] != "other"][:limit]
+    rest = [p for p in listed if p["address"] != "other"][limit:] + [p for p in listed if p["address"] == "other"]
+    other = {k: sum(p[k] for p in rest) for k in ("packets", "bytes", "pps", "bps")}
+    width = max(len(p["address"]) for p in shown + [{"address": "other"}])
+    return ["      %-*s  %d packets  %s  %s  %s" % (width, p["address"], p["packets"], human_bytes(p["bytes"]),
+                                                 human_rate(p["pps"], "pps"), human_rate(p["bps"], "bit/s"))
+            for p in shown + [dict(other, address="other")]]
+
+
 def format_block(report):
     """A report for a person at a terminal."""
     lines = ["%s  %s%s" % (report["time"][:19].replace("T", " "), report["interface"],
@@ -42,7 +60,7 @@ def format_block(report):
                                                   _where(report, direction)),
             "      l3  " + _classes(c["l3"], layout.L3),
             "      l4  " + _classes(c["l4"], layout.L4),
-        ]
+        ] + talker_lines(report, direction)
     return "\n".join(lines + [""])
 
 

@@ -32,8 +32,7 @@ class Reporter(object):
     def reports(self, final=False):
         """One report per interface, in the JSON shape the CLI prints, from one read of every counter."""
         now, wall = time.monotonic(), time.time()
-        if self.monitor.talkers is not None:
-            self.monitor.talkers.cycle()  # the peers' counts of the interval, taken before the totals
+        self.monitor.count_talkers()  # the peers' counts of the interval, taken before the totals
         counted = self.monitor.packet_stats()
         out = [self._report(a, final, counted[a.interface], now, wall) for a in self.monitor.attachments]
         self._last = now

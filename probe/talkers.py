@@ -79,7 +79,7 @@ class Talkers(object):
         self.retired = {}  # peer id -> [packets, bytes] of the peers retired
         self.interval = 0.0  # seconds the last interval's counts span
         self._swapped = None  # monotonic time of the last swap
-        self._other_before = {}  # (slot, direction) -> (packets, bytes) of `other` at the last top()
+        self._other = {}  # (slot, direction) -> (packets, bytes, last interval's packets, bytes) of `other`
         self.bind(obj)
         self._barrier = self._make_barrier()
         self.live = layout.SLOT.unpack(self.live_map.lookup(ZERO_KEY))[0] & 1
@@ -175,9 +175,10 @@ class Talkers(object):
                     raise
         return len(items) >= table.max_entries
 
-    def cycle(self):
+    def cycle(self, slots=()):
         """Swap the tables and take the last interval's counts; retire idle peers, swapping again if any was so
-        that their room is free at once. Returns the number retired."""
+        that their room is free at once; read the `other` counters of `slots`, [(slot, direction)]. Returns the
+        number retired."""
         now = time.monotonic()
         self.interval = now - self._swapped if self._swapped is not None else 0.0
         self._swapped = now
@@ -194,6 +195,10 @@ class Talkers(object):
             self._swap_only()
             self._drain(self.tables[1 - self.live])
         self._save_base(gone)
+        for slot, direction in slots:
+            packets, nbytes = _sum(self.other_map.lookup(layout.key(slot, direction)))
+            before = self._other.get((slot, direction), (0, 0))
+            self._other[slot, direction] = (packets, nbytes, packets - before[0], nbytes - before[1])
         return len(gone)
 
     def _retire(self, key):
@@ -228,8 +233,9 @@ class Talkers(object):
         for key in [k for k in self.held if layout.PEER_KEY.unpack(k)[0] in ids]:
             del self.held[key]
             self._delete_base(key)
+        for direction in layout.DIRECTIONS:
+            self._other.pop((slot, direction), None)
         for peer_id in ids:
-            self._other_before.pop((slot, layout.DIRECTIONS[peer_id % len(layout.DIRECTIONS)]), None)
             if self.retired.pop(peer_id, None) is not None:
                 self._delete_base(layout.PEER_KEY.pack(peer_id | layout.PEER_RETIRED, bytes(16)))
 
@@ -241,21 +247,20 @@ class Talkers(object):
                 raise
 
     def other(self, slot, direction):
-        """(packets, bytes) of the peers of an interface direction no table had room for, so far."""
-        return _sum(self.other_map.lookup(layout.key(slot, direction)))
+        """(packets, bytes) of the peers of an interface direction no table had room for, as the last cycle()
+        read them."""
+        return self._other.get((slot, direction), (0, 0))[:2]
 
     def top(self, ifindex, slot, direction, k):
         """The k peers of an interface direction with the most bytes in the last interval (then since they were
-        first counted), and `other` for every count not among them, as report entries:
+        first counted), and `other` for every count not among them, as of the last cycle(), as report entries:
         [{"address", "packets", "bytes", "pps", "bps"}, ..., {"address": "other", ...}]."""
         peer_id = layout.peer_id(ifindex, direction)
         mine = [(key, peer) for key, peer in self.held.items() if layout.PEER_KEY.unpack(key)[0] == peer_id]
         mine.sort(key=lambda kp: (-kp[1].last_bytes, -kp[1].bytes, kp[0]))
-        packets, nbytes = self.other(slot, direction)
-        before = self._other_before.get((slot, direction), (0, 0))
-        self._other_before[slot, direction] = (packets, nbytes)
+        packets, nbytes, last_packets, last_bytes = self._other.get((slot, direction), (0, 0, 0, 0))
         retired = self.retired.get(peer_id, (0, 0))  # idle when retired: no part of the last interval's
-        other = [packets + retired[0], nbytes + retired[1], packets - before[0], nbytes - before[1]]
+        other = [packets + retired[0], nbytes + retired[1], last_packets, last_bytes]
         for _, peer in mine[k:]:
             other[0] += peer.packets
             other[1] += peer.bytes

@@ -62,6 +62,9 @@ class FakeMonitor(object):
         self.attachments = [FakeAttachment(hooks if hooks is not None else {"rx": rx_xdp(), "tx": tx_tc()})]
         self.talkers = None  # no peers counted
 
+    def count_talkers(self):
+        pass
+
     def talker_stats(self, attachment):
         return None
 

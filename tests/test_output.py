@@ -97,6 +97,22 @@ def test_terminal_block_of_one_direction(hooks, shown, hidden):
     assert hidden not in text and text.splitlines()[4:] == [""]
 
 
+def test_terminal_shows_the_top_five_talkers_and_the_rest_as_other():
+    """Under a direction's counters, its first five peers, then `other` summing every peer beyond them and the
+    report's own `other`; a direction without talkers shows none."""
+    report = sample_report()
+    listed = [{"address": "198.18.0.%d" % i, "packets": i, "bytes": 100 * i, "pps": float(i), "bps": 8.0 * i}
+              for i in range(7, 0, -1)]
+    report["talkers"] = {"rx": listed + [{"address": "other", "packets": 3, "bytes": 300, "pps": 0.5, "bps": 4.0}]}
+    stream = Terminal()
+    output.Printer(stream).write([report])
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[0] for line in lines[4:10]] == ["198.18.0.%d" % i for i in range(7, 2, -1)] + ["other"]
+    assert lines[4].split()[1:3] == ["7", "packets"] and "700 B" in lines[4] and "7.0 pps" in lines[4]
+    assert lines[9].split()[1] == "6" and "600 B" in lines[9] and "3.5 pps" in lines[9]
+    assert "tx  3 packets" in lines[10] and lines[13:] == [""]
+
+
 def test_final_report_says_so():
     stream = Terminal()
     output.Printer(stream).write(Reporter(final_monitor()).reports(final=True))

@@ -136,7 +136,7 @@ def test_every_peer_exact_and_peers_plus_other_equal_the_ip_totals(pair, loader,
             short = frames.ether(frames.ETH_IP, frames.ipv4(frames.UDP, frames.udp())[:12], dst=dst, src=src)
             pair.send_from(ns, ifname, [short, frames.ether(frames.ETH_LLDP, bytes(46), dst=dst, src=src)])
         settle()
-        monitor.talkers.cycle()
+        monitor.count_talkers()
         for direction in layout.DIRECTIONS:
             peers, other = assert_adds_up(monitor, a, direction)
             assert peers == sent[direction]
@@ -158,7 +158,7 @@ def flood(pair, monitor, attachment, direction):
     for family in "46":
         sent.update(send_peers(pair, family, direction, 0, 50000))
     settle()
-    monitor.talkers.cycle()
+    monitor.count_talkers()
     assert max(table_entries(monitor)) <= layout.PEERS_DEFAULT
     assert len(monitor.talkers.held) <= layout.PEERS_DEFAULT
     held = held_peers(monitor, attachment, direction)
@@ -183,7 +183,7 @@ def test_a_100000_source_flood_stays_in_its_memory_adds_up_and_leaves_room_for_a
         for _ in range(2):
             send_peers(pair, "4", "rx", 99999, 1, repeat=20)
             settle()
-            monitor.talkers.cycle()
+            monitor.count_talkers()
             seen.append([p["address"] for p in monitor.talker_stats(a)["rx"]])
         assert newcomer in seen[-1], seen
         flood(pair, monitor, a, "tx")
@@ -205,11 +205,11 @@ def test_retirement_under_traffic_loses_nothing(pair, loader):
         retired = 0
         deadline = time.monotonic() + 6
         while time.monotonic() < deadline:
-            retired += monitor.talkers.cycle()
+            retired += monitor.count_talkers()
         sent = [stop() for stop in stops]
         settle()
         for _ in range(talkers.RETIRE_AFTER + 2):  # everything idle now: retired to the last one
-            retired += monitor.talkers.cycle()
+            retired += monitor.count_talkers()
         assert retired > 0
         rx, tx = (assert_adds_up(monitor, a, d) for d in layout.DIRECTIONS)
         assert rx[1][0] + sum(p for p, _ in rx[0].values()) == sent[0] + sent[1] == ip_totals(a.counters("rx"))[0]
@@ -269,3 +269,32 @@ def test_memory_of_the_tables_is_what_help_says(pair):
             used = memlock(table)
             assert 4096 * 16 * table.ncpus < used <= talkers.memory_bytes(4096, table.ncpus) / 2
         assert syscall.map_info(monitor.talkers.tables[0].fd).max_entries == 4096
+
+
+@pytest.mark.usefixtures("built_pyz")
+def test_scrape_has_the_top_peers_and_other_adding_up_to_the_ip_totals(pair):
+    """--listen with --talkers 2: per interface and direction, at most 2 peers and `other`; the 2 are the peers
+    that sent most; summed over peer, the families equal the l3 ipv4 + ipv6 ones, packets and bytes."""
+    from test_metrics import PEER_FAMILIES, Listening
+    quiet(pair)
+    with Listening(pair, "-i", pair.probe_if, "--talkers", "2", "--interval", "0.5") as probe:
+        probe.wait_ready()
+        for i, repeat in enumerate((1, 9, 4, 2)):
+            send_peers(pair, "4", "rx", i, 1, repeat=repeat)
+        send_peers(pair, "6", "tx", 0, 5)
+        settle()
+        # Two reports (each a swap of the tables) after the traffic: the scrape sees its peers, none idle long
+        # enough (talkers.RETIRE_AFTER intervals) to be retired yet.
+        seen = len(probe.reports)
+        while len(probe.reports) < seen + 2:
+            time.sleep(0.05)
+        samples = probe.scrape()
+        probe.stop()
+    for direction in layout.DIRECTIONS:
+        ip = [sum(v for n, l, v in samples if n == "kubenetprobe_l3_%s_total" % kind and l["direction"] == direction
+                  and l["protocol"] in ("ipv4", "ipv6")) for kind in ("packets", "bytes")]
+        for name, total in zip(PEER_FAMILIES, ip):
+            peers = {l["peer"]: v for n, l, v in samples if n == name and l["direction"] == direction}
+            assert len(peers) <= 3 and "other" in peers and sum(peers.values()) == total > 0
+    rx = {l["peer"] for n, l, v in samples if n == PEER_FAMILIES[0] and l["direction"] == "rx"}
+    assert rx == {address("4", 1), address("4", 2), "other"}
