@@ -73,8 +73,7 @@ class Peer(object):
 class Talkers(object):
     """The peer maps of a loaded object, swapped and read by cycle(); top() is what a report shows."""
 
-    def __init__(self, obj, capacity):
-        self.capacity = capacity
+    def __init__(self, obj):
         self.held = {}  # the tables' key (id, address) -> Peer
         self.retired = {}  # peer id -> [packets, bytes] of the peers retired
         self.interval = 0.0  # seconds the last interval's counts span

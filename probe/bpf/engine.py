@@ -41,14 +41,14 @@ class Engine(object):
         """
         raise NotImplementedError
 
-    def load_file(self, path, reuse_maps=None, pin_root=None):
+    def load_file(self, path, reuse_maps=None, pin_root=None, max_entries=None):
         """Load an ELF object from a file; returns a LoadedObject."""
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise ProbeError("cannot read %s: %s" % (path, e.strerror), errno=e.errno)
-        return self.load_bytes(data, reuse_maps, pin_root)
+        return self.load_bytes(data, reuse_maps, pin_root, max_entries)
 
 
 def open_engine(loader="auto"):
