@@ -16,9 +16,8 @@ PEER_TABLES = ("knp_peers_a", "knp_peers_b")  # knp_peer_live's value (0, 1) nam
 PEER_LIVE_MAP = "knp_peer_live"
 PEER_OTHER_MAP = "knp_peer_other"
 PEER_BASE_MAP = "knp_peer_base"
-PEER_MAPS = PEER_TABLES + (PEER_LIVE_MAP, PEER_OTHER_MAP, PEER_BASE_MAP)
-MAPS = (STATS_MAP, SLOTS_MAP) + PEER_MAPS
-
+MAPS = (STATS_MAP, SLOTS_MAP)  # what every object must have
+PEER_MAPS = PEER_TABLES + (PEER_LIVE_MAP, PEER_OTHER_MAP, PEER_BASE_MAP)  # and what --talkers needs besides
 DIRECTIONS = ("rx", "tx")  # enum knp_direction
 L3 = ("ipv4", "ipv6", "arp", "other")  # enum knp_l3
 L4 = ("tcp", "udp", "icmp", "icmpv6", "other")  # enum knp_l4

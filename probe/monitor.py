@@ -49,10 +49,10 @@ def _check_layout(name, found):
                          hint="rebuild the object from this version's bpf/ (make build-ebpf)")
 
 
-def check_stats_map(obj):
-    """Refuse a loaded object whose maps (stats and slots) are not the ones layout.py reads, naming what
-    differs."""
-    for name in layout.MAPS:
+def check_stats_map(obj, names=layout.MAPS):
+    """Refuse a loaded object whose maps (stats and slots, and those `names` adds) are not the ones layout.py
+    reads, naming what differs."""
+    for name in names:
         _check_layout(name, obj.map(name))
 
 
@@ -283,12 +283,15 @@ class NetworkMonitor(object):
         try:
             data = self.source.read()
             sizes = peers.max_entries(self.talkers_capacity)
-            if map_fds:  # the capacity of the maps reused, which a previous run may have chosen
+            if map_fds and layout.PEER_TABLES[0] in map_fds:  # the capacity a previous run chose
                 self._check_capacity(map_fds)
                 sizes = {name: syscall.map_info(map_fds[name]).max_entries for name in sizes}
-            obj = self.engine.load_bytes(data, reuse_maps=map_fds or None, max_entries=sizes)
+            # Only the programs attached: those that count talkers, or the plain ones (each set costs a verification).
+            wanted = layout.PEER_PROGRAMS if self.talkers_capacity else layout.PROGRAMS
+            obj = self.engine.load_bytes(data, reuse_maps=map_fds or None, max_entries=sizes,
+                                         programs=set(wanted.values()))
             try:
-                check_stats_map(obj)  # before the first read: a larger value would overrun the read buffer
+                check_stats_map(obj, self._map_names())  # before the first read: a larger value would overrun it
             except ProbeError:
                 obj.close()
                 raise
@@ -298,21 +301,25 @@ class NetworkMonitor(object):
             raise
         return obj
 
+    def _map_names(self):
+        """The maps this monitor shares with a reload or the next run: the talkers' too where it counts them."""
+        return layout.MAPS + (layout.PEER_MAPS if self.talkers_capacity else ())
+
     def _check_capacity(self, map_fds):
-        """Refuse pinned peer tables of another capacity than the one asked for (a run without talkers made them
-        one entry long): their counts cannot move to tables of another size."""
+        """Refuse reused peer tables of another capacity than the one asked for: their counts cannot move to
+        tables of another size."""
         pinned = syscall.map_info(map_fds[layout.PEER_TABLES[0]]).max_entries
         if self.talkers_capacity and pinned != self.talkers_capacity:
             raise ProbeError("the peer tables pinned in %s hold %d peers, not the %d asked for" % (
                 self.pins.path if self.pins else "the maps reused", pinned, self.talkers_capacity),
-                hint="run with --talkers-capacity %d, or end the pinned state first (kubenetprobe detach)" % pinned
-                if pinned > 1 else "end the pinned state first (kubenetprobe detach), which counted no peers")
+                hint="run with --talkers-capacity %d, or end the pinned state first (kubenetprobe detach)" % pinned)
 
     def _pin(self, attachment):
         """Pin the maps, unless pinned already, then the attachment's hooks."""
         try:
-            if not self.pins.has_map():
-                self.pins.pin_maps({name: self.object.map(name).fd for name in layout.MAPS})
+            unpinned = [name for name in self._map_names() if not self.pins.has(name)]
+            if unpinned:
+                self.pins.pin_maps({name: self.object.map(name).fd for name in unpinned})
             attachment.pins.pin({d: (h, _program(self.object, d, h.hook, self.talkers is not None).fd)
                                  for d, h in attachment.hooks.items()})
         except Exception:
@@ -358,7 +365,7 @@ class NetworkMonitor(object):
         keeps its old programs, counting on, and the first such refusal is raised once every other has swapped."""
         if self.object is None:
             return
-        obj = self._load({name: self.object.map(name).fd for name in layout.MAPS})
+        obj = self._load({name: self.object.map(name).fd for name in self._map_names()})
         self.object, old = obj, self.object
         self.slots.slots_map, self.slots.stats_map = obj.map(layout.SLOTS_MAP), obj.map(layout.STATS_MAP)
         if self.talkers is not None:

@@ -298,3 +298,21 @@ def test_scrape_has_the_top_peers_and_other_adding_up_to_the_ip_totals(pair):
             assert len(peers) <= 3 and "other" in peers and sum(peers.values()) == total > 0
     rx = {l["peer"] for n, l, v in samples if n == PEER_FAMILIES[0] and l["direction"] == "rx"}
     assert rx == {address("4", 1), address("4", 2), "other"}
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_talkers_off_loads_the_plain_programs_alone_and_one_entry_tables(pair, loader):
+    """Without talkers the probe loads and attaches the plain programs only (the talker code costs nothing)
+    and the peer maps hold one entry each; with them, the talker programs alone, in tables of the capacity
+    asked for."""
+    with pair.inside():
+        for top, capacity, programs in ((0, 4096, layout.PROGRAMS), (3, 512, layout.PEER_PROGRAMS)):
+            with NetworkMonitor(loader=loader, talkers=top, talkers_capacity=capacity) as monitor:
+                a = monitor.attach(pair.probe_if)
+                assert sorted(monitor.object.programs) == sorted(programs.values())
+                names = {p.name for p in pair.probe_programs()}
+                assert names == {programs["rx", "tc"][:15], programs["tx", "tc"][:15]}
+                assert a.hooks["rx"].program_id == monitor.object.program(programs["rx", "tc"]).id
+                sizes = {n: monitor.object.map(n).max_entries for n in layout.PEER_TABLES}
+                assert set(sizes.values()) == {capacity if top else 1}
+                assert (monitor.talkers is None) == (not top)

@@ -31,13 +31,15 @@ class Engine(object):
 
     name = None
 
-    def load_bytes(self, data, reuse_maps=None, pin_root=None, max_entries=None):
+    def load_bytes(self, data, reuse_maps=None, pin_root=None, max_entries=None, programs=None):
         """Load an ELF object held in memory; returns a LoadedObject.
 
         reuse_maps {name: fd}: maps already in the kernel to use instead of creating the object's own
         (a reload keeps its counters this way); the caller keeps its fds. pin_root: the folder on a
         bpffs where maps declared with pinning by name are pinned (default /sys/fs/bpf). max_entries
-        {name: n}: capacities that replace the object's declared ones (a reused map must have them).
+        {name: n}: capacities that replace those the object declares for these maps (a map it does not declare
+        is left out; a reused map must have them).
+        programs: the names of the programs to load, the others left out (default: every one).
         """
         raise NotImplementedError
 

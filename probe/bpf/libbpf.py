@@ -35,6 +35,7 @@ _FUNCTIONS = {
     "bpf_map__value_size": (_u32, [_p]),
     "bpf_map__max_entries": (_u32, [_p]),
     "bpf_map__map_flags": (_u32, [_p]),
+    "bpf_program__set_autoload": (ctypes.c_int, [_p, ctypes.c_bool]),
 }
 # bpf_map__get_pin_path became bpf_map__pin_path in 0.5, the old name staying as an alias: the new one first.
 _PIN_PATH = ("bpf_map__pin_path", "bpf_map__get_pin_path")
@@ -251,8 +252,9 @@ class LibbpfEngine(Engine):
             yield item
 
     def programs(self, obj):
-        return {self.lib.bpf_program__name(p).decode(): self.lib.bpf_program__fd(p)
-                for p in self._iterate("next_program", obj)}
+        fds = {self.lib.bpf_program__name(p).decode(): self.lib.bpf_program__fd(p)
+               for p in self._iterate("next_program", obj)}
+        return {name: fd for name, fd in fds.items() if fd >= 0}  # those not loaded have none
 
     def map_names(self, obj):
         """The names of the object's maps as declared, in libbpf's order; read before the load, since reusing a
@@ -286,11 +288,15 @@ class LibbpfEngine(Engine):
         self.lib.bpf_object__close(self._open(ctypes.create_string_buffer(bytes(data), len(data))))
         self._log.take()
 
-    def load_bytes(self, data, reuse_maps=None, pin_root=None, max_entries=None):
+    def load_bytes(self, data, reuse_maps=None, pin_root=None, max_entries=None, programs=None):
         raise_memlock_limit()
         buffer = ctypes.create_string_buffer(bytes(data), len(data))
         obj = self._open(buffer, pin_root)
         try:
+            if programs is not None:
+                for p in self._iterate("next_program", obj):
+                    if self.lib.bpf_program__name(p).decode() not in programs:
+                        self.lib.bpf_program__set_autoload(p, False)
             names = self.map_names(obj)
             for name, entries in sorted((max_entries or {}).items()):
                 self._resize(obj, name, entries)
@@ -310,10 +316,10 @@ class LibbpfEngine(Engine):
             raise
 
     def _resize(self, obj, name, entries):
-        """Give the object's map `name` another capacity, before load."""
+        """Give the object's map `name`, if it declares one, another capacity, before load."""
         found = self.lib.bpf_object__find_map_by_name(obj, name.encode())
         if not found:
-            raise ObjectError("cannot size map %s: the object declares no such map" % name)
+            return
         rc = self._set_max_entries(found, entries)
         if rc < 0:
             raise self._error("libbpf cannot size map %s to %d entries" % (name, entries), -rc)

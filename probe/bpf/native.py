@@ -335,11 +335,14 @@ class NativeEngine(Engine):
 
     name = "native"
 
-    def load_bytes(self, data, reuse_maps=None, pin_root=None, max_entries=None):
+    def load_bytes(self, data, reuse_maps=None, pin_root=None, max_entries=None, programs=None):
         try:
             spec = read_object(bytes(data))
         except ObjectError as e:
             raise e.wrap("cannot read the object") from e
+        for name, program in spec.programs.items():
+            if programs is not None and name not in programs:
+                program.autoload = False
         check_supported(spec)
         raise_memlock_limit()
         made = _Made()
