@@ -316,3 +316,23 @@ def test_talkers_off_loads_the_plain_programs_alone_and_one_entry_tables(pair, l
                 sizes = {n: monitor.object.map(n).max_entries for n in layout.PEER_TABLES}
                 assert set(sizes.values()) == {capacity if top else 1}
                 assert (monitor.talkers is None) == (not top)
+
+
+def test_pinned_tables_of_another_capacity_are_refused(pair, bpffs):
+    """A run taking over pinned peer tables must ask for their capacity: another one is refused, saying which,
+    before anything is attached; the pinned state is left as it was."""
+    from probe.errors import ProbeError
+    root = os.path.join(bpffs, "knp")
+    with pair.inside():
+        with NetworkMonitor(pin_dir=root, talkers=3, talkers_capacity=512) as monitor:
+            monitor.attach(pair.probe_if)
+        before = [p.prog_id for p in pair.probe_programs()]
+        with NetworkMonitor(pin_dir=root, talkers=3, talkers_capacity=1024) as monitor:
+            with pytest.raises(ProbeError) as e:
+                monitor.attach(pair.probe_if)
+        assert "hold 512 peers, not the 1024 asked for" in str(e.value)
+        assert "--talkers-capacity 512" in e.value.hint
+        assert [p.prog_id for p in pair.probe_programs()] == before
+        with NetworkMonitor(pin_dir=root, talkers=3, talkers_capacity=512) as monitor:
+            monitor.detach(monitor.attach(pair.probe_if))
+    assert os.listdir(root) == []
