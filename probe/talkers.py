@@ -79,6 +79,7 @@ class Talkers(object):
         self.interval = 0.0  # seconds the last interval's counts span
         self._swapped = None  # monotonic time of the last swap
         self._other = {}  # (slot, direction) -> (packets, bytes, last interval's packets, bytes) of `other`
+        self._gone = []  # keys retired since the base map was last written
         self.bind(obj)
         self._barrier = self._make_barrier()
         self.live = layout.SLOT.unpack(self.live_map.lookup(ZERO_KEY))[0] & 1
@@ -193,21 +194,24 @@ class Talkers(object):
         if gone:
             self._swap_only()
             self._drain(self.tables[1 - self.live])
-        self._save_base(gone)
+        retired = len(self._gone)
+        self._save_base()
         for slot, direction in slots:
             packets, nbytes = _sum(self.other_map.lookup(layout.key(slot, direction)))
             before = self._other.get((slot, direction), (0, 0))
             self._other[slot, direction] = (packets, nbytes, packets - before[0], nbytes - before[1])
-        return len(gone)
+        return retired
 
     def _retire(self, key):
+        self._gone.append(key)
         peer = self.held.pop(key)
         total = self.retired.setdefault(layout.PEER_KEY.unpack(key)[0], [0, 0])
         total[0] += peer.packets
         total[1] += peer.bytes
 
-    def _save_base(self, gone):
+    def _save_base(self):
         """Write what the base map must hold for a next run: the held peers that counted, the retired sums."""
+        gone, self._gone = self._gone, []
         for key in gone:
             try:
                 self.base_map.delete(key)
