@@ -9,6 +9,7 @@ BPF_CFLAGS := -O2 -g -target bpf -Wall -I/usr/include/$(MULTIARCH) -fdebug-prefi
 OBJ        := probe/_bytecode/kubenetprobe.bpf.o
 EMPTY_OBJ  := build/empty.bpf.o
 MINIMAL_OBJ := build/minimal_counter.bpf.o
+LRU_OBJ    := build/lru_talkers.bpf.o
 PYZ        := dist/kubenetprobe.pyz
 IMAGE      := dist/kubenetprobe-image.tar
 APT_PACKAGES := clang llvm gcc libc6-dev libbpf-dev libbpf1 bpftool iproute2 iputils-ping python3-venv ethtool debootstrap procps python3 netsniff-ng prometheus prometheus-node-exporter \
@@ -36,16 +37,18 @@ ensure-deps:
 
 build-ebpf: $(OBJ)
 
-$(OBJ): bpf/kubenetprobe.bpf.c bpf/kubenetprobe.h bpf/classify.h
+$(OBJ): bpf/kubenetprobe.bpf.c bpf/kubenetprobe.h bpf/classify.h bpf/talkers.h
 	@mkdir -p $(dir $@)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 	$(STRIP) -g $@
 	cd $(dir $@) && sha256sum $(notdir $@) > $(notdir $@).sha256
 
-# The floors `make bench` measures the probe's programs against: empty programs, and a minimal counter.
+# The floors `make bench` measures the probe's programs against: empty programs, a minimal counter, and an LRU
+# talker counter like cilium/ebpf's examples/xdp (beside the programs that count top talkers).
 $(EMPTY_OBJ): bpf/empty.bpf.c
 $(MINIMAL_OBJ): tests/bpf/minimal_counter.bpf.c
-$(EMPTY_OBJ) $(MINIMAL_OBJ):
+$(LRU_OBJ): tests/bpf/lru_talkers.bpf.c
+$(EMPTY_OBJ) $(MINIMAL_OBJ) $(LRU_OBJ):
 	@mkdir -p $(dir $@)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 	$(STRIP) -g $@
@@ -73,8 +76,9 @@ test-integration: build $(EMPTY_OBJ)
 run: build
 	$(PYTHON) $(PYZ) $(ARGS)
 
-bench: build $(EMPTY_OBJ) $(MINIMAL_OBJ)
-	$(VPY) tests/bench.py --pyz $(PYZ) --empty-object $(EMPTY_OBJ) --minimal-object $(MINIMAL_OBJ)
+bench: build $(EMPTY_OBJ) $(MINIMAL_OBJ) $(LRU_OBJ)
+	$(VPY) tests/bench.py --pyz $(PYZ) --empty-object $(EMPTY_OBJ) --minimal-object $(MINIMAL_OBJ) \
+		--lru-object $(LRU_OBJ)
 
 # Fuzz the object readers and `inspect` with atheris for FUZZ_SECONDS (installed into the venv on first use);
 # findings land in build/fuzz/ as crash-* or timeout-* files.

@@ -60,6 +60,8 @@ struct knp_class {
 	struct knp_counter *l3; /* the frame's l3 counters in a knp_stats value */
 	struct knp_counter *l4; /* its l4 counters there; NULL when it is not IP */
 	__u32 hdr_len; /* bytes from the frame's start to the end of its L4 header: what each GSO segment repeats */
+	void *ip; /* where its IPv4 or IPv6 header starts (maybe cut short), NULL when it is neither; for talkers.h */
+	int ipv6; /* whether that header is IPv6 */
 };
 
 /* Step over the next `len` bytes; 0 when the data is shorter. A flag, not a pointer that may be NULL: the
@@ -206,6 +208,9 @@ static __always_inline void knp_classify(struct cursor *c, int stripped, struct 
 	void *frame = c->pos;
 	int proto = parse_ethhdr(c, stripped);
 
+	/* Unused by the plain programs, these stores are dropped from them: their code stays the same. */
+	cls->ip = c->pos;
+	cls->ipv6 = proto == bpf_htons(ETH_P_IPV6);
 	if (proto == bpf_htons(ETH_P_IP)) {
 		cls->l3 = &stats->l3[KNP_L3_IPV4];
 		classify_l4(c, frame, parse_iphdr(c), 0, stats, cls);
@@ -222,6 +227,7 @@ static __always_inline void knp_classify(struct cursor *c, int stripped, struct 
 	else
 		cls->l3 = &stats->l3[KNP_L3_OTHER];
 	cls->l4 = NULL;
+	cls->ip = NULL;
 	cls->hdr_len = c->pos - frame;
 }
 

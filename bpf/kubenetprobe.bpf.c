@@ -34,6 +34,8 @@ struct {
 	__type(value, struct knp_stats);
 } knp_stats SEC(".maps");
 
+#include "talkers.h" /* after knp_slots, which it reads */
+
 /* The counters of an interface's direction, or NULL where the probe does not follow the interface. */
 static __always_inline struct knp_stats *stats_of(__u32 ifindex, __u32 direction)
 {
@@ -60,8 +62,9 @@ static __always_inline void count_class(const struct knp_class *cls, __u64 packe
 		count(cls->l4, packets, bytes);
 }
 
-SEC("xdp")
-int kubenetprobe_rx(struct xdp_md *ctx)
+/* Count a frame at XDP; with `talkers` (a constant: the plain program keeps none of that code), under its peer
+ * too. */
+static __always_inline int count_xdp(struct xdp_md *ctx, int talkers)
 {
 	struct cursor c = {
 		.pos = (void *)(long)ctx->data,
@@ -76,7 +79,15 @@ int kubenetprobe_rx(struct xdp_md *ctx)
 		return XDP_PASS;
 	knp_classify(&c, 0, stats, &cls);
 	count_class(&cls, 1, bytes);
+	if (talkers)
+		count_peer(ctx->ingress_ifindex, KNP_DIR_RX, &cls, c.end, 1, bytes);
 	return XDP_PASS;
+}
+
+SEC("xdp")
+int kubenetprobe_rx(struct xdp_md *ctx)
+{
+	return count_xdp(ctx, 0);
 }
 
 /* The linear data an skb of this ethertype has with the headers classification reads in it: Ethernet, then IPv4
@@ -96,13 +107,14 @@ static __always_inline __u32 headers_len(__be16 protocol)
 /* Count one skb at a TC hook under its interface's key for `direction`, as the wire frames it stands for, and hand
  * it on: TC_ACT_UNSPEC, never TC_ACT_OK. On a TCX hook (TCX_NEXT) and among cls_bpf filters alike it lets whatever
  * comes after decide, where TC_ACT_OK would end the hook here and skip them (a CNI's policy programs among them). */
-static __always_inline int count_skb(struct __sk_buff *skb, __u32 direction)
+static __always_inline int count_skb(struct __sk_buff *skb, __u32 direction, int talkers)
 {
 	__u64 linear = (void *)(long)skb->data_end - (void *)(long)skb->data;
 	struct knp_stats *stats;
 	struct knp_class cls;
 	struct cursor c;
 	__u32 tags, segs;
+	__u64 bytes;
 
 	stats = stats_of(skb->ifindex, direction);
 	if (!stats)
@@ -120,8 +132,10 @@ static __always_inline int count_skb(struct __sk_buff *skb, __u32 direction)
 	/* A GSO or GRO skb stands for gso_segs wire frames, each carrying the headers again: skb->len (from the
 	 * Ethernet header on) counts them once, as the kernel's qdisc_pkt_len_init adds the rest. */
 	segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
-	count_class(&cls, segs,
-		    skb->len + (__u64)(segs - 1) * cls.hdr_len + (__u64)segs * tags * VLAN_HLEN);
+	bytes = skb->len + (__u64)(segs - 1) * cls.hdr_len + (__u64)segs * tags * VLAN_HLEN;
+	count_class(&cls, segs, bytes);
+	if (talkers)
+		count_peer(skb->ifindex, direction, &cls, c.end, segs, bytes);
 	return TC_ACT_UNSPEC;
 }
 
@@ -130,13 +144,33 @@ static __always_inline int count_skb(struct __sk_buff *skb, __u32 direction)
 SEC("classifier")
 int kubenetprobe_in(struct __sk_buff *skb)
 {
-	return count_skb(skb, KNP_DIR_RX);
+	return count_skb(skb, KNP_DIR_RX, 0);
 }
 
 SEC("classifier")
 int kubenetprobe_tx(struct __sk_buff *skb)
 {
-	return count_skb(skb, KNP_DIR_TX);
+	return count_skb(skb, KNP_DIR_TX, 0);
+}
+
+/* The same programs counting peers too (talkers.h), attached instead of the plain ones with --talkers. Separate
+ * programs, so that without talkers the per-packet cost is the plain programs', unchanged. */
+SEC("xdp")
+int kubenetprobe_xp(struct xdp_md *ctx)
+{
+	return count_xdp(ctx, 1);
+}
+
+SEC("classifier")
+int kubenetprobe_ip(struct __sk_buff *skb)
+{
+	return count_skb(skb, KNP_DIR_RX, 1);
+}
+
+SEC("classifier")
+int kubenetprobe_tp(struct __sk_buff *skb)
+{
+	return count_skb(skb, KNP_DIR_TX, 1);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

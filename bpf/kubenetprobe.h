@@ -54,4 +54,27 @@ struct knp_stats {
 	struct knp_counter l4[KNP_L4_MAX];
 };
 
+/* Top talkers (issue 11): per-peer counters, counted only by the *_peers programs (kubenetprobe_xp, _ip, _tp), which
+ * the probe attaches instead of the plain ones when asked for talkers; the plain programs never touch these maps.
+ *
+ * A peer is an interface's direction and an address: rx counts the source address, tx the destination; IPv4 as
+ * IPv4-mapped IPv6 (::ffff:a.b.c.d). Keyed by ifindex, not slot, so that the common path needs no slot lookup.
+ * Two tables, a and b, per-CPU hashes of a fixed capacity (preallocated: the memory is taken at load, never
+ * grown): the programs count in the one knp_peer_live names, and never delete. User space swaps them: it puts
+ * the peers it keeps into the idle table (zeroed), names it live, waits for every program that may still count
+ * in the other one (a map-in-map update does synchronize_rcu), then reads that one, now quiescent, and empties
+ * it. A plain hash, not an LRU: an LRU evicts counts quietly. A packet of a peer the live table has no room for
+ * counts in knp_peer_other of its interface's slot and direction, so that every IPv4 and IPv6 frame counts
+ * once, under its peer or there: peers + other = l3 ipv4 + ipv6, exactly. */
+#define KNP_PEER_ID(ifindex, direction) ((ifindex) * KNP_DIR_MAX + (direction))
+/* Peers each table holds by default; user space sets the capacity at load (--talkers-capacity). */
+#define KNP_PEERS_DEFAULT 4096
+/* The flag of knp_peer_base's keys of retired peers (ifindexes stay below 2^20: bit 31 is free). */
+#define KNP_PEER_RETIRED 0x80000000u
+
+struct knp_peer_key {
+	__u32 id; /* KNP_PEER_ID(ifindex, direction) */
+	__u8 addr[16]; /* network order; IPv4 mapped into IPv6 */
+};
+
 #endif

@@ -9,11 +9,11 @@ import sys
 import time
 
 import probe
-from probe import layout, stats
+from probe import layout, stats, talkers
 from probe.attach import tc, xdp
 from probe.bpf import log
 from probe.bpf.engine import LOADERS
-from probe.bpf.objects import Map
+from probe.bpf.objects import Map, possible_cpus
 from probe.errors import ProbeError
 from probe.follow import Follower, has_pattern
 from probe.monitor import HOOKS, NetworkMonitor
@@ -88,6 +88,30 @@ def _count(text):
     return value
 
 
+def _natural(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError("%r is not a whole number >= 0" % text)
+    return value
+
+
+def _capacity(text):
+    value = _natural(text)
+    if not 1 <= value <= talkers.MAX_CAPACITY:
+        raise argparse.ArgumentTypeError("%r is not a number of peers from 1 to %d" % (text, talkers.MAX_CAPACITY))
+    return value
+
+
+def _talkers_memory():
+    """What the default peer tables take here, for --help."""
+    ncpus = possible_cpus()
+    return "%.1f MiB for %d peers on this machine's %d CPUs" % (
+        talkers.memory_bytes(layout.PEERS_DEFAULT, ncpus) / float(1 << 20), layout.PEERS_DEFAULT, ncpus)
+
+
 def parser():
     """The argument parser of the kubenetprobe command."""
     p = argparse.ArgumentParser(prog="kubenetprobe", description=DESCRIPTION, epilog=EPILOG,
@@ -114,6 +138,15 @@ def parser():
                    help="a container runtime's state folder to find pods in, instead of the usual places (%s); "
                         "repeat for several" % ", ".join(DEFAULT_ROOTS))
     p.add_argument("--quiet", action="store_true", help="print no report per interval (the final one too)")
+    p.add_argument("--talkers", type=_natural, default=0, metavar="K",
+                   help="add the top K peers (rx: source address, tx: destination) by bytes in the last interval "
+                        "to each report, per direction, and `other` for the rest, so that they add up to the IPv4 "
+                        "and IPv6 totals exactly; to the terminal view the top 5 at most (default: 0, off)")
+    p.add_argument("--talkers-capacity", type=_capacity, default=layout.PEERS_DEFAULT, metavar="N",
+                   help="peers the kernel counts apart, for every interface together (default: %d); a peer beyond "
+                        "counts in `other`, and peers idle for %d intervals give their room back. Kernel memory, "
+                        "taken at start: 2 x N x (%d + 16 x CPUs) bytes, %s" % (
+                            layout.PEERS_DEFAULT, talkers.RETIRE_AFTER, talkers.ENTRY_BYTES, _talkers_memory()))
     p.add_argument("--direction", choices=("rx", "tx", "both"), default="both",
                    help="what to count: received, sent, or both (default)")
     p.add_argument("--hook", choices=HOOKS, default="auto",
@@ -364,7 +397,8 @@ def run(args):
 
     quiet = args.quiet or (args.listen and not args.json)
     with NetworkMonitor(loader=args.loader or loader_from(os.environ), pin_dir=args.pin,
-                        object_path=args.object or object_from(os.environ)) as monitor:
+                        object_path=args.object or object_from(os.environ), talkers=args.talkers,
+                        talkers_capacity=args.talkers_capacity) as monitor:
         def attach(name):
             return monitor.attach(name, mode=args.mode, force=args.force, method=args.method, hook=args.hook,
                                   directions=("rx", "tx") if args.direction == "both" else (args.direction,))

@@ -1,16 +1,23 @@
 """The maps' layout, mirrored once from bpf/kubenetprobe.h."""
 import struct
 
-from probe.bpf.constants import BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY
+from probe.bpf.constants import (BPF_F_NO_PREALLOC, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_ARRAY,
+                                 BPF_MAP_TYPE_PERCPU_HASH)
 
 OWNER = "kubenetprobe"  # every program's name starts with it, so bpftool says whose it is
 PROGRAM = OWNER + "_rx"  # XDP, counting rx
 # (direction, hook) -> the program counting it; names stay distinct within the kernel's 15 characters.
 PROGRAMS = {("rx", "xdp"): PROGRAM, ("rx", "tc"): OWNER + "_in", ("tx", "tc"): OWNER + "_tx"}
+# The same programs counting peers too (bpf/talkers.h), attached instead of PROGRAMS with --talkers.
+PEER_PROGRAMS = {("rx", "xdp"): OWNER + "_xp", ("rx", "tc"): OWNER + "_ip", ("tx", "tc"): OWNER + "_tp"}
 STATS_MAP = "knp_stats"
 SLOTS_MAP = "knp_slots"
-MAPS = (STATS_MAP, SLOTS_MAP)
-
+PEER_TABLES = ("knp_peers_a", "knp_peers_b")  # knp_peer_live's value (0, 1) names the one the programs count in
+PEER_LIVE_MAP = "knp_peer_live"
+PEER_OTHER_MAP = "knp_peer_other"
+PEER_BASE_MAP = "knp_peer_base"
+MAPS = (STATS_MAP, SLOTS_MAP)  # what every object must have
+PEER_MAPS = PEER_TABLES + (PEER_LIVE_MAP, PEER_OTHER_MAP, PEER_BASE_MAP)  # and what --talkers needs besides
 DIRECTIONS = ("rx", "tx")  # enum knp_direction
 L3 = ("ipv4", "ipv6", "arp", "other")  # enum knp_l3
 L4 = ("tcp", "udp", "icmp", "icmpv6", "other")  # enum knp_l4
@@ -27,6 +34,26 @@ MAX_ENTRIES = (MAX_INTERFACES + 1) * len(DIRECTIONS)
 KEY = SLOT  # the stats map's key: __u32, KNP_STATS_KEY(slot, direction)
 # struct knp_stats: a (packets, bytes) pair of __u64 for each l3 class, then each l4 class.
 STATS = struct.Struct("=" + "QQ" * (len(L3) + len(L4)))
+
+
+# Top talkers (kubenetprobe.h). The tables: per-CPU hashes, struct knp_peer_key -> struct knp_counter, of a
+# capacity set at load (KNP_PEERS_DEFAULT by default); their key's id is KNP_PEER_ID(ifindex, direction), the
+# address IPv6 or IPv4-mapped. knp_peer_live: an array of one __u32. knp_peer_other: a per-CPU array of counters
+# keyed like the stats map. knp_peer_base: a hash (not preallocated) of the same key and counter, user space's.
+PEER_TABLE_TYPE = BPF_MAP_TYPE_PERCPU_HASH
+PEER_OTHER_TYPE = BPF_MAP_TYPE_PERCPU_ARRAY
+PEER_BASE_TYPE = BPF_MAP_TYPE_HASH
+PEER_BASE_FLAGS = BPF_F_NO_PREALLOC
+PEERS_DEFAULT = 4096
+PEER_KEY = struct.Struct("=I16s")
+COUNTER = struct.Struct("=QQ")  # struct knp_counter
+PEER_RETIRED = 0x80000000  # KNP_PEER_RETIRED
+IPV4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def peer_id(ifindex, direction):
+    """KNP_PEER_ID: the id of an interface's direction in the peer tables' keys."""
+    return ifindex * len(DIRECTIONS) + DIRECTIONS.index(direction)
 
 
 def key(slot, direction):

@@ -12,6 +12,10 @@ from probe.prometheus import Family, process_families
 
 _L3_HELP = "Packets counted by L3 protocol (ipv4, ipv6, arp, other), exactly, as wire frames."
 _L4_HELP = "Packets counted by L4 protocol (tcp, udp, icmp, icmpv6, other) of IPv4 and IPv6 packets."
+_PEER_HELP = ("IPv4 and IPv6 packets by peer (rx: source, tx: destination address): the --talkers top peers by "
+              "bytes in the last interval, and peer=\"other\" for the rest; summed over peer, the l3 ipv4 + ipv6 "
+              "packets exactly. A peer's series starts at its counts so far when it enters the top, and other "
+              "drops by as much: sum by (interface, direction), or rate() of a peer while it stays.")
 
 
 def _run_stats(monitor):
@@ -78,6 +82,7 @@ def families(monitor, counters, run_stats=False, owners=None, group=False):
     owners: a probe.owners.Owners, whose pod, namespace and container label every interface's series; group
     (--group-by pod): one series per owner instead of one per interface of it."""
     l3_packets, l3_bytes, l4_packets, l4_bytes, info = [], [], [], [], []
+    peer_packets, peer_bytes = [], []
     owned = {a.ifindex: owners.of(a.ifindex) for a in monitor.attachments} if owners is not None else None
     for labels, counts in _series(monitor, counters, owned, group):
         for level, names, packets, size in (("l3", layout.L3, l3_packets, l3_bytes),
@@ -86,6 +91,11 @@ def families(monitor, counters, run_stats=False, owners=None, group=False):
                 packets.append((dict(labels, protocol=name), counts[level][name]["packets"]))
                 size.append((dict(labels, protocol=name), counts[level][name]["bytes"]))
     for a in monitor.attachments:
+        for direction, listed in sorted((monitor.talker_stats(a) or {}).items()):
+            for peer in listed:
+                labels = {"interface": a.interface, "direction": direction, "peer": peer["address"]}
+                peer_packets.append((labels, peer["packets"]))
+                peer_bytes.append((labels, peer["bytes"]))
         labels = {"interface": a.interface}
         if owned is not None:
             labels.update(owner_labels(owned[a.ifindex]))
@@ -101,6 +111,11 @@ def families(monitor, counters, run_stats=False, owners=None, group=False):
         Family("kubenetprobe_l4_packets_total", "counter", _L4_HELP, l4_packets),
         Family("kubenetprobe_l4_bytes_total", "counter", "Bytes of the packets of kubenetprobe_l4_packets_total.",
                l4_bytes),
+    ] + ([
+        Family("kubenetprobe_peer_packets_total", "counter", _PEER_HELP, peer_packets),
+        Family("kubenetprobe_peer_bytes_total", "counter", "Bytes of the packets of kubenetprobe_peer_packets_total.",
+               peer_bytes),
+    ] if monitor.talkers is not None else []) + [
         Family("kubenetprobe_interface_info", "gauge",
                "Where each interface and direction is counted: hook (xdp, tc), XDP mode, program id.", info),
         Family("kubenetprobe_program_run_seconds_total", "counter",

@@ -2,7 +2,7 @@
 import errno
 import os
 
-from probe import layout, stats
+from probe import layout, stats, talkers as peers
 from probe.attach import tc, xdp
 from probe.bpf import log, syscall
 from probe.bpf.engine import open_engine
@@ -27,7 +27,17 @@ _LAYOUTS = {
                        "value_size": layout.STATS.size, "max_entries": layout.MAX_ENTRIES},
     layout.SLOTS_MAP: {"type": layout.SLOTS_MAP_TYPE, "flags": 0, "key_size": layout.SLOT.size,
                        "value_size": layout.SLOT.size, "max_entries": layout.MAX_IFINDEX},
+    layout.PEER_LIVE_MAP: {"type": layout.SLOTS_MAP_TYPE, "flags": 0, "key_size": layout.SLOT.size,
+                           "value_size": layout.SLOT.size, "max_entries": 1},
+    # The others' capacity is set at load (--talkers-capacity).
+    layout.PEER_OTHER_MAP: {"type": layout.PEER_OTHER_TYPE, "flags": 0, "key_size": layout.KEY.size,
+                            "value_size": layout.COUNTER.size},
+    layout.PEER_BASE_MAP: {"type": layout.PEER_BASE_TYPE, "flags": layout.PEER_BASE_FLAGS,
+                           "key_size": layout.PEER_KEY.size, "value_size": layout.COUNTER.size},
 }
+for _name in layout.PEER_TABLES:
+    _LAYOUTS[_name] = {"type": layout.PEER_TABLE_TYPE, "flags": 0, "key_size": layout.PEER_KEY.size,
+                       "value_size": layout.COUNTER.size}
 
 
 def _check_layout(name, found):
@@ -39,10 +49,10 @@ def _check_layout(name, found):
                          hint="rebuild the object from this version's bpf/ (make build-ebpf)")
 
 
-def check_stats_map(obj):
-    """Refuse a loaded object whose maps (stats and slots) are not the ones layout.py reads, naming what
-    differs."""
-    for name in layout.MAPS:
+def check_stats_map(obj, names=layout.MAPS):
+    """Refuse a loaded object whose maps (stats and slots, and those `names` adds) are not the ones layout.py
+    reads, naming what differs."""
+    for name in names:
         _check_layout(name, obj.map(name))
 
 
@@ -82,9 +92,9 @@ class ObjectSource(object):
         return self.path or "the embedded object"
 
 
-def _program(obj, direction, hook):
-    """The program of the object that counts `direction` at `hook`."""
-    return obj.program(layout.PROGRAMS[direction, hook])
+def _program(obj, direction, hook, talkers=False):
+    """The program of the object that counts `direction` at `hook` (and peers, with talkers)."""
+    return obj.program((layout.PEER_PROGRAMS if talkers else layout.PROGRAMS)[direction, hook])
 
 
 class Attachment(object):
@@ -113,7 +123,7 @@ class Attachment(object):
     def replace_programs(self, obj):
         """Swap in the programs of `obj`, loaded onto the same stats map; the kernel frees the old ones."""
         for direction, hook in sorted(self.hooks.items()):
-            hook.update(_program(obj, direction, hook.hook).fd)
+            hook.update(_program(obj, direction, hook.hook, self.monitor.talkers is not None).fd)
 
     def close(self, end=False):
         """Detach and take the interface's slot back; if pinned, only let go of the hooks, which go on counting,
@@ -128,7 +138,10 @@ class Attachment(object):
                 hook.close(keep=keep)
         finally:
             if not keep:
+                slot = self.monitor.slots.given.get(self.ifindex)
                 self.monitor.slots.remove(self.ifindex)
+                if self.monitor.talkers is not None and slot is not None:
+                    self.monitor.talkers.forget(self.ifindex, slot)
 
 
 class NetworkMonitor(object):
@@ -138,8 +151,15 @@ class NetworkMonitor(object):
     its one stats map, each interface in its own slot.
     """
 
-    def __init__(self, engine=None, object_path=None, loader="auto", pin_dir=None):
+    def __init__(self, engine=None, object_path=None, loader="auto", pin_dir=None, talkers=0,
+                 talkers_capacity=layout.PEERS_DEFAULT):
+        """talkers: the top peers (by bytes in the last interval) talker_stats() gives per interface direction,
+        counted by the programs that count peers too, in tables of talkers_capacity peers; 0: the plain
+        programs, no peers counted."""
         self.engine = engine or open_engine(loader)
+        self.talkers_top = talkers
+        self.talkers_capacity = talkers_capacity if talkers else 0
+        self.talkers = None  # the peer tables (probe.talkers.Talkers) of the object, with talkers_capacity
         self.source = ObjectSource(object_path)
         self.pins = PinRoot(pin_dir) if pin_dir else None
         if pin_dir:
@@ -190,14 +210,15 @@ class NetworkMonitor(object):
 
     def _attach_hooks(self, obj, interface, index, directions, hook, mode, force, method):
         """{direction: attachment}, every direction attached or none."""
+        talkers = self.talkers is not None
         hooks = {}
         try:
             for direction in layout.DIRECTIONS:
                 if direction not in directions:
                     continue
                 if direction == "tx":
-                    hooks[direction] = tc.attach_tc(_program(obj, "tx", "tc").fd, interface, "egress", layout.OWNER,
-                                                    method)
+                    hooks[direction] = tc.attach_tc(_program(obj, "tx", "tc", talkers).fd, interface, "egress",
+                                                    layout.OWNER, method)
                 else:
                     hooks[direction] = self._attach_rx(obj, interface, index, hook, mode, force, method)
         except BaseException:
@@ -208,21 +229,22 @@ class NetworkMonitor(object):
 
     def _attach_rx(self, obj, interface, index, hook, mode, force, method):
         """The rx attachment, at the hook asked for or, for "auto", the one that suits the interface."""
+        talkers = self.talkers is not None
         if hook == "auto" and mode != "auto":
             hook = "xdp"
         if hook == "xdp":
-            return xdp.attach_xdp(_program(obj, "rx", "xdp").fd, interface, mode, force, method)
+            return xdp.attach_xdp(_program(obj, "rx", "xdp", talkers).fd, interface, mode, force, method)
         if hook == "auto":
             why = self._tc_rather_than_xdp(interface, index)
             if why is None:
                 try:
-                    return xdp.attach_xdp(_program(obj, "rx", "xdp").fd, interface, "native", force, method)
+                    return xdp.attach_xdp(_program(obj, "rx", "xdp", talkers).fd, interface, "native", force, method)
                 except KernelError as e:
                     if e.errno not in _NO_NATIVE_XDP:
                         raise
                     why = "its driver has no native XDP"
             log.debug("%s: counting rx at TC ingress: %s", interface, why)
-        return tc.attach_tc(_program(obj, "rx", "tc").fd, interface, "ingress", layout.OWNER, method)
+        return tc.attach_tc(_program(obj, "rx", "tc", talkers).fd, interface, "ingress", layout.OWNER, method)
 
     @staticmethod
     def _tc_rather_than_xdp(interface, index):
@@ -246,11 +268,13 @@ class NetworkMonitor(object):
                 finally:
                     for fd in map_fds.values():
                         os.close(fd)
-                self.slots = stats.Slots.of(self.object)
+                self.slots = stats.Slots.of(self.object, bool(self.talkers_capacity))
                 self.slots.rebuild(interfaces.indexes())
             else:
                 self.object = self._load()
-                self.slots = stats.Slots.of(self.object)
+                self.slots = stats.Slots.of(self.object, bool(self.talkers_capacity))
+            if self.talkers_capacity:
+                self.talkers = peers.Talkers(self.object)
         return self.object
 
     def _load(self, map_fds=None):
@@ -258,9 +282,16 @@ class NetworkMonitor(object):
         read."""
         try:
             data = self.source.read()
-            obj = self.engine.load_bytes(data, reuse_maps=map_fds or None)
+            sizes = peers.max_entries(self.talkers_capacity)
+            if map_fds and layout.PEER_TABLES[0] in map_fds:  # the capacity a previous run chose
+                self._check_capacity(map_fds)
+                sizes = {name: syscall.map_info(map_fds[name]).max_entries for name in sizes}
+            # Only the programs attached: those that count talkers, or the plain ones (each set costs a verification).
+            wanted = layout.PEER_PROGRAMS if self.talkers_capacity else layout.PROGRAMS
+            obj = self.engine.load_bytes(data, reuse_maps=map_fds or None, max_entries=sizes,
+                                         programs=set(wanted.values()))
             try:
-                check_stats_map(obj)  # before the first read: a larger value would overrun the read buffer
+                check_stats_map(obj, self._map_names())  # before the first read: a larger value would overrun it
             except ProbeError:
                 obj.close()
                 raise
@@ -270,12 +301,26 @@ class NetworkMonitor(object):
             raise
         return obj
 
+    def _map_names(self):
+        """The maps this monitor shares with a reload or the next run: the talkers' too where it counts them."""
+        return layout.MAPS + (layout.PEER_MAPS if self.talkers_capacity else ())
+
+    def _check_capacity(self, map_fds):
+        """Refuse reused peer tables of another capacity than the one asked for: their counts cannot move to
+        tables of another size."""
+        pinned = syscall.map_info(map_fds[layout.PEER_TABLES[0]]).max_entries
+        if self.talkers_capacity and pinned != self.talkers_capacity:
+            raise ProbeError("the peer tables pinned in %s hold %d peers, not the %d asked for" % (
+                self.pins.path if self.pins else "the maps reused", pinned, self.talkers_capacity),
+                hint="run with --talkers-capacity %d, or end the pinned state first (kubenetprobe detach)" % pinned)
+
     def _pin(self, attachment):
         """Pin the maps, unless pinned already, then the attachment's hooks."""
         try:
-            if not self.pins.has_map():
-                self.pins.pin_maps({name: self.object.map(name).fd for name in layout.MAPS})
-            attachment.pins.pin({d: (h, _program(self.object, d, h.hook).fd)
+            unpinned = [name for name in self._map_names() if not self.pins.has(name)]
+            if unpinned:
+                self.pins.pin_maps({name: self.object.map(name).fd for name in unpinned})
+            attachment.pins.pin({d: (h, _program(self.object, d, h.hook, self.talkers is not None).fd)
                                  for d, h in attachment.hooks.items()})
         except Exception:
             attachment.pins.remove()
@@ -320,9 +365,12 @@ class NetworkMonitor(object):
         keeps its old programs, counting on, and the first such refusal is raised once every other has swapped."""
         if self.object is None:
             return
-        obj = self._load({name: self.object.map(name).fd for name in layout.MAPS})
+        obj = self._load({name: self.object.map(name).fd for name in self._map_names()})
         self.object, old = obj, self.object
         self.slots.slots_map, self.slots.stats_map = obj.map(layout.SLOTS_MAP), obj.map(layout.STATS_MAP)
+        if self.talkers is not None:
+            self.slots.other_map = obj.map(layout.PEER_OTHER_MAP)
+            self.talkers.bind(obj)
         refused = []
         for a in self.attachments:
             try:
@@ -342,6 +390,22 @@ class NetworkMonitor(object):
         counted = self.slots.read_all([(a.ifindex, d) for a in self.attachments for d in a.hooks])
         return {a.interface: {d: counted[a.ifindex, d] for d in sorted(a.hooks)} for a in self.attachments}
 
+    def count_talkers(self):
+        """Take the peers' counts of the interval (probe.talkers.Talkers.cycle), where talkers are counted;
+        returns the number of peers retired."""
+        if self.talkers is None:
+            return 0
+        return self.talkers.cycle([(self.slots.given[a.ifindex], d) for a in self.attachments for d in a.hooks
+                                if a.ifindex in self.slots.given])
+
+    def talker_stats(self, attachment):
+        """{direction: the top peers and other} of an attachment (probe.talkers.Talkers.top) as of the last
+        Talkers.cycle(); None without talkers, or once the interface's slot is gone."""
+        slot = self.slots.given.get(attachment.ifindex) if self.talkers is not None else None
+        if slot is None:
+            return None
+        return {d: self.talkers.top(attachment.ifindex, slot, d, self.talkers_top) for d in sorted(attachment.hooks)}
+
     def detach(self, attachment):
         """Detach from one interface and forget it (a vanished one too: the kernel has taken its hooks): its
         slot taken back, its pins removed, and the maps' pins too once no interface is left pinned."""
@@ -356,6 +420,9 @@ class NetworkMonitor(object):
             while self.attachments:
                 self.attachments.pop().close()
         finally:
+            if self.talkers is not None:
+                self.talkers.close()
+                self.talkers = None
             if self.object is not None:
                 self.object.close()
                 self.object = None

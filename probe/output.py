@@ -51,31 +51,60 @@ def _total(reports):
             + [str(sums[d, "packets"]) for d in layout.DIRECTIONS] + ["", "", "", ""])
 
 
+TERMINAL_TALKERS = 5  # peers per direction the terminal shows at most, beside `other`
+
+
+def talker_lines(report, limit=TERMINAL_TALKERS):
+    """The lines under an interface's row of its top peers (--talkers) in each direction, `other` last (every
+    peer beyond the first `limit` and the report's own other); none without talkers."""
+    lines = []
+    for direction in layout.DIRECTIONS:
+        listed = (report.get("talkers") or {}).get(direction)
+        if not listed:
+            continue
+        peers = [p for p in listed if p["address"] != "other"]
+        rest = peers[limit:] + [p for p in listed if p["address"] == "other"]
+        other = dict({k: sum(p[k] for p in rest) for k in ("packets", "bytes", "pps", "bps")}, address="other")
+        width = max(len(p["address"]) for p in peers[:limit] + [other])
+        lines += ["  %s %-*s  %7s pps  %7s bit/s  %d packets" % (direction, width, p["address"], _compact(p["pps"]),
+                                                                  _compact(p["bps"]), p["packets"])
+                  for p in peers[:limit] + [other]]
+    return lines
+
+
 def _traffic(report):
     return sum(report[d]["bps"] for d in layout.DIRECTIONS if d in report)
 
 
 def format_table(reports, height=None, gone=()):
     """Reports as a table for a terminal: a row per interface (and per one `gone` since the last table),
-    busiest first, and a total row; with a height, the quietest rows give way to a line saying how many. The
-    owner column is there when some interface has an owner."""
+    busiest first, each with its top talkers under it (--talkers), and a total row; with a height, the quietest
+    rows give way to a line saying how many. The owner column is there when some interface has an owner."""
     ordered = sorted([(r, False) for r in reports] + [(r, True) for r in gone],
                      key=lambda pair: (-_traffic(pair[0]), pair[0]["interface"]))
     reports = [r for r, _ in ordered]
-    rows = [_row(r, g) for r, g in ordered]
-    shown = None if height is None else max(height - 5, 1)  # the title, head, total, "quieter", the cursor line
-    if shown is not None and len(rows) > shown + 1:
-        hidden = len(rows) - shown
-        rows = rows[:shown] + [["(%d quieter)" % hidden] + [""] * (len(_HEAD) - 1)]
-    rows = [list(_HEAD)] + rows + [_total(reports)]
+    rows = [(_row(r, g), talker_lines(r)) for r, g in ordered]  # each with the lines under it
+    if height is not None:
+        room = max(height - 4, 2)  # the title, head, total and the cursor's line
+        if sum(1 + len(under) for _, under in rows) > room:
+            room -= 1  # for the line saying how many are left out
+            shown = 0
+            while shown < len(rows) and 1 + len(rows[shown][1]) <= room:
+                room -= 1 + len(rows[shown][1])
+                shown += 1
+            shown = max(shown, 1)
+            rows = rows[:shown] + [(["(%d quieter)" % (len(rows) - shown)] + [""] * (len(_HEAD) - 1), [])]
+    rows = [(list(_HEAD), [])] + rows + [(_total(reports), [])]
     columns = [i for i in range(len(_HEAD)) if i != _OWNER or any(r.get("owner") for r in reports)]
-    rows = [[row[i] for i in columns] for row in rows]
+    rows = [([row[i] for i in columns], under) for row, under in rows]
     aligns = [_ALIGN[i] for i in columns]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    widths = [max(len(row[i]) for row, _ in rows) for i in range(len(columns))]
     when = reports[0]["time"][11:19] if reports else ""
     lines = ["kubenetprobe  %s UTC  %d interface%s" % (when, len(reports), "" if len(reports) == 1 else "s")]
-    lines += ["  ".join("{:{}{}}".format(cell, align, width) for cell, align, width in zip(row, aligns, widths))
-              .rstrip() for row in rows]
+    for row, under in rows:
+        lines.append("  ".join("{:{}{}}".format(cell, align, width) for cell, align, width
+                               in zip(row, aligns, widths)).rstrip())
+        lines += under
     return lines
 
 

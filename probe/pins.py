@@ -35,7 +35,7 @@ class PinRoot(object):
     def __init__(self, root):
         self.path = root
         self.map_path = os.path.join(root, layout.STATS_MAP)
-        self.map_paths = {name: os.path.join(root, name) for name in layout.MAPS}
+        self.map_paths = {name: os.path.join(root, name) for name in layout.MAPS + layout.PEER_MAPS}
 
     def interface(self, name):
         """The pins of one interface."""
@@ -48,8 +48,13 @@ class PinRoot(object):
         return sorted(name for name in os.listdir(self.path) if os.path.isdir(os.path.join(self.path, name)))
 
     def has_map(self):
-        """Whether the maps are pinned (both: a pin of one alone is an older version's, or half made)."""
-        return all(os.path.exists(path) for path in self.map_paths.values())
+        """Whether the maps every object has are pinned (both: a pin of one alone is an older version's, or half
+        made); the talkers' maps are pinned only by a run that counted talkers."""
+        return all(os.path.exists(self.map_paths[name]) for name in layout.MAPS)
+
+    def has(self, name):
+        """Whether map `name` is pinned."""
+        return os.path.exists(self.map_paths[name])
 
     def open_map(self, name):
         return syscall.obj_get(self.map_paths[name])
@@ -58,8 +63,9 @@ class PinRoot(object):
         """{name: fd} of every pinned map; the caller closes them."""
         fds = {}
         try:
-            for name in layout.MAPS:
-                fds[name] = self.open_map(name)
+            for name in sorted(self.map_paths):
+                if name in layout.MAPS or self.has(name):
+                    fds[name] = self.open_map(name)
         except BaseException:
             for fd in fds.values():
                 os.close(fd)

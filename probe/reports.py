@@ -34,6 +34,7 @@ class Reporter(object):
     def reports(self, final=False):
         """One report per interface, in the JSON shape the CLI prints, from one read of every counter."""
         now, wall = time.monotonic(), time.time()
+        self.monitor.count_talkers()  # the peers' counts of the interval, taken before the totals
         counted = self.monitor.packet_stats()
         out = [self._report(a, final, counted[a.interface], now, wall) for a in self.monitor.attachments]
         self._last = now
@@ -73,6 +74,9 @@ class Reporter(object):
                 self.owners.forget(a.ifindex)
         for direction, now_counts in sorted(counters.items()):
             report[direction] = _with_rates(now_counts, before[direction], now - before_time)
+        talkers = self.monitor.talker_stats(a)
+        if talkers is not None:
+            report["talkers"] = talkers
         return report
 
 

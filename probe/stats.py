@@ -34,17 +34,19 @@ class Slots(object):
     """The slots of one pair of maps, as this process gives them out: {ifindex: slot} of the interfaces it follows,
     or knows to be followed (a previous run's pinned ones, adopt())."""
 
-    def __init__(self, slots_map, stats_map):
+    def __init__(self, slots_map, stats_map, other_map=None):
         self.slots_map = slots_map
         self.stats_map = stats_map
+        self.other_map = other_map  # the talkers' `other` counters (knp_peer_other), zeroed with a slot's stats
         self.given = {}  # ifindex -> slot
         self._used = set()  # the slots of given
         self._low = 1  # no slot below it is free
 
     @classmethod
-    def of(cls, obj):
-        """The slots of a loaded object's maps."""
-        return cls(obj.map(layout.SLOTS_MAP), obj.map(layout.STATS_MAP))
+    def of(cls, obj, talkers=False):
+        """The slots of a loaded object's maps; with talkers, their `other` counters too."""
+        return cls(obj.map(layout.SLOTS_MAP), obj.map(layout.STATS_MAP),
+                   obj.map(layout.PEER_OTHER_MAP) if talkers else None)
 
     def _hold(self, ifindex, slot):
         self.given[ifindex] = slot
@@ -66,6 +68,10 @@ class Slots(object):
         zero = [bytes(layout.STATS.size)] * self.stats_map.ncpus
         for direction in layout.DIRECTIONS:
             self.stats_map.update(layout.key(slot, direction), zero)
+        if self.other_map is not None:
+            zero = [bytes(layout.COUNTER.size)] * self.other_map.ncpus
+            for direction in layout.DIRECTIONS:
+                self.other_map.update(layout.key(slot, direction), zero)
 
     def add(self, ifindex, reset=True):
         """Follow an interface: a free slot, its counters zeroed (every CPU), then knp_slots[ifindex] = slot, so

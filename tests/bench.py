@@ -4,11 +4,14 @@
 Run as root. Every figure is measured in this one run, beside a floor measured the same way:
   1. the XDP program and the TC programs (ingress, egress) per packet (BPF_PROG_TEST_RUN), each beside an empty
      program and a minimal counter of its hook (one map lookup, Ethernet and IPv4 checked, two increments);
+     then the programs that count top talkers too, with 1 and with 4,096 peers, beside the plain ones and an LRU
+     talker counter like cilium/ebpf's examples/xdp (tests/bpf/lru_talkers.bpf.c);
   2. start to first report of the .pyz beside `python -c pass` and a bare script that only loads the object
      through libbpf, on a veth in a network namespace this script creates and removes;
   3. peak RSS of those runs;
   4. the .pyz's size;
-  5. load to attached;  6. line rate (tests/linerate.py);  7. the node agent over 500 veths (tests/scale.py).
+  5. load to attached;  6. line rate (tests/linerate.py);  7. the same with talkers on;  8. the node agent
+     over 500 veths (tests/scale.py).
 Targets are printed beside the figures as "ok" or "over"; the exit status is 0 whatever they say.
 """
 import argparse
@@ -31,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from frames import ETH_IP, ETH_IPV6, HOPOPTS, TCP, UDP, ether, ipv4, ipv6_chain, tcp, udp  # noqa: E402
-from probe import layout, stats  # noqa: E402
+from probe import layout, stats, talkers  # noqa: E402
 from probe.attach import xdp  # noqa: E402
 from probe.bpf.constants import BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP  # noqa: E402
 from probe.bytecode import embedded_object  # noqa: E402
@@ -66,7 +69,14 @@ TARGETS = {
     "scale_rss": (40.0, "MB"),
     "scale_cycle": (50.0, "ms CPU"),
     "scrape": (50.0, "ms CPU"),
+    "talkers": (1.0, "x LRU"),
 }
+# The peers of the talkers measure, and the capacity it loads the tables with: every hook's peers fit.
+TALKER_PEERS = (1, 4096)
+TALKER_CAPACITY = 3 * 4096
+# (hook, probe programs' key, LRU program, the address the peer is: rx source, tx destination)
+TALKER_HOOKS = (("XDP", ("rx", "xdp"), "lru_xdp", "rx"), ("TC ingress", ("rx", "tc"), "lru_in", "rx"),
+                ("TC egress", ("tx", "tc"), "lru_tx", "tx"))
 
 # The floor the probe's start is measured against: start Python, open libbpf, load the same object; no more.
 BARE_LOAD_SCRIPT = '''\
@@ -224,6 +234,43 @@ def measure_programs(engine, empty_object, minimal_object, rounds, repeat):
             hooks.append({"hook": hook, "program": programs["program"][1], "empty": programs["empty"][1],
                           "minimal": programs["minimal"][1], "frames": rows})
     return {"repeat": repeat, "rounds": rounds, "hooks": hooks}
+
+
+def peer_frame(direction, i):
+    """A 64-byte Ethernet/IPv4/TCP frame of peer i of 198.18.0.0/15: its source (rx) or destination (tx)."""
+    peer = bytes([198, 18 + (i >> 16 & 1), i >> 8 & 0xFF, i & 0xFF])
+    ends = {"src": peer} if direction == "rx" else {"dst": peer}
+    return ether(ETH_IP, ipv4(TCP, tcp(bytes(64 - 14 - 20 - 20)), **ends))
+
+
+def fill(program, direction, peers):
+    """Run a program once on a frame of each of `peers` peers: its table then holds them all."""
+    for i in range(peers):
+        program.test_run(peer_frame(direction, i), 1)  # repeat 1: XDP's test run swaps no dispatcher then
+
+
+def measure_talkers(engine, lru_object, rounds, repeat):
+    """Per-packet cost of the programs counting top talkers with 1 peer, and with 4,096 in their table, beside the
+    plain programs and the LRU counter, in interleaved rounds: a frame of the last peer, each round's run repeated.
+    (A test run per peer would not do: each XDP one of more than one repeat waits out two RCU grace periods.)"""
+    hooks = []
+    with engine.load_bytes(embedded_object(), max_entries=talkers.max_entries(TALKER_CAPACITY)) as probe_obj, \
+            engine.load_file(lru_object) as lru_obj:
+        stats.Slots.of(probe_obj, talkers=True).add(LOOPBACK_IFINDEX)
+        for hook, key, lru, direction in TALKER_HOOKS:
+            programs = {"plain": (probe_obj, layout.PROGRAMS[key]), "talkers": (probe_obj, layout.PEER_PROGRAMS[key]),
+                        "lru": (lru_obj, lru)}
+            rows = []
+            for peers in TALKER_PEERS:
+                for obj, name in programs.values():
+                    fill(obj.program(name), direction, peers)
+                runs = interleaved_test_runs(programs, peer_frame(direction, peers - 1), rounds, repeat,
+                                             (XDP_PASS, TC_ACT_OK, TC_ACT_UNSPEC))
+                ns = {role: statistics.median(v) for role, v in runs.items()}
+                rows.append({"peers": peers, "plain_ns": ns["plain"], "talkers_ns": ns["talkers"],
+                             "lru_ns": ns["lru"], "lru_ratio": ns["talkers"] / ns["lru"], "rounds_ns": runs})
+            hooks.append({"hook": hook, "program": layout.PEER_PROGRAMS[key], "lru": lru, "rows": rows})
+    return {"repeat": repeat, "rounds": rounds, "capacity": TALKER_CAPACITY, "hooks": hooks}
 
 
 # ---- 5. load to attached, per engine ----------------------------------------------------------------------
@@ -421,15 +468,18 @@ def check(target, value, what):
 def evaluate_targets(figures):
     """Every target check the figures allow."""
     checks = []
-    for h in figures["program"]["hooks"]:
+    for h in figures["talkers"]["hooks"]:
+        for row in h["rows"]:
+            checks.append(check("talkers", row["lru_ratio"], "%s talkers / LRU, %d peers" % (h["hook"], row["peers"])))
+    for h in figures.get("program", {}).get("hooks", ()):
         for f in h["frames"]:
             checks.append(check("program", f["ratio"], "%s / empty, %s" % (h["hook"], f["frame"])))
             checks.append(check("minimal", f["minimal_ratio"], "%s / minimal, %s" % (h["hook"], f["frame"])))
-    for s in figures["start"]:
+    for s in figures.get("start", ()):
         python = "python " + s["version"]
         checks.append(check("start", s["ratios"]["probe_to_bare_load"], "start / bare load, " + python))
         checks.append(check("rss", s["commands"]["probe"]["peak_rss_mb"], "peak RSS, " + python))
-    if figures["size"]:
+    if figures.get("size"):
         checks.append(check("size", figures["size"]["bytes"] / KB, "size of " + figures["size"]["file"]))
     for h in figures.get("line_rate", {}).get("hooks", ()):
         checks.append(check("line_rate", h["cpu_overhead_percent"], "line-rate cost over empty, " + h["hook"]))
@@ -441,6 +491,9 @@ def evaluate_targets(figures):
             checks.append(check("scale_rss", r["peak_rss_mb"], "peak RSS, " + how))
             checks.append(check("scale_cycle", r["cycle_cpu_ms"], "one report cycle, " + how))
         checks.append(check("scrape", figures["scale"]["scrape"]["scrape_cpu_ms"], "one scrape, %d veths" % n))
+    for h in figures.get("line_rate_talkers", {}).get("hooks", ()):
+        checks.append(check("line_rate", h["cpu_overhead_percent"],
+                            "line-rate cost over empty, talkers on, " + h["hook"]))
     return checks
 
 
@@ -465,14 +518,32 @@ def rounded(value, digits=3):
 
 def report_lines(figures):
     """The whole report as plain text."""
-    m, p = figures["machine"], figures["program"]
+    m = figures["machine"]
     lines = ["KubeNetProbe benchmark  (medians of interleaved rounds; KB = 1000 B, MB = 10^6 B)",
              "machine  kernel %s, %s x %d, load %.2f %.2f %.2f"
              % ((m["kernel"], m["cpu"], m["cpus"]) + tuple(m["load_average"])),
              "libbpf   %s (%s)" % (m["libbpf"], m["libbpf_file"]),
-             "bench    python %s" % m["bench_python"],
-             "",
-             "1. per packet, BPF_PROG_TEST_RUN, repeat %d, %d rounds (the kernel truncates to whole ns)"
+             "bench    python %s" % m["bench_python"]]
+    if "program" in figures:
+        lines += [""] + program_lines(figures["program"])
+    lines += [""] + talker_lines(figures["talkers"])
+    if "start" in figures:
+        lines += start_lines(figures)
+    for key, title in (("line_rate", "6. "), ("line_rate_talkers", "7. talkers on: ")):
+        if key in figures:
+            lines += ["", title + "\n".join(linerate.report_lines(figures[key]))]
+    if "scale" in figures:
+        lines += ["", "8. " + "\n".join(scale.report_lines(figures["scale"]))]
+    lines += ["", "targets (informational; the exit status ignores them)"]
+    lines += table(["measure", "value", "target", "status"],
+                   [[c["what"], "%.2f %s" % (c["value"], c["unit"]), "<= %g %s" % (c["limit"], c["unit"]),
+                     c["status"]] for c in figures["targets"]])
+    return lines
+
+
+def program_lines(p):
+    """Section 1: the probe's programs per packet."""
+    lines = ["1. per packet, BPF_PROG_TEST_RUN, repeat %d, %d rounds (the kernel truncates to whole ns)"
              % (p["repeat"], p["rounds"])]
     for h in p["hooks"]:
         lines += ["%s: %s beside %s (empty) and %s (minimal counter, which counts IPv4 alone)" % (
@@ -481,6 +552,25 @@ def report_lines(figures):
                        [["  " + f["frame"], f["frame_bytes"], "%.1f ns" % f["program_ns"], "%.1f ns" % f["empty_ns"],
                          "%.1f ns" % f["minimal_ns"], "%.2fx" % f["ratio"], "%.2fx" % f["minimal_ratio"]]
                         for f in h["frames"]])
+    return lines
+
+
+def talker_lines(t):
+    """Section 1b: the programs counting top talkers per packet, beside the plain ones and the LRU counter."""
+    lines = ["1b. top talkers per packet, a 64-byte IPv4/TCP frame, its peer alone in the table or one of 4096 there, "
+             "repeat %d, %d rounds; tables of %d peers" % (t["repeat"], t["rounds"], t["capacity"])]
+    for h in t["hooks"]:
+        lines += ["%s: %s beside the plain program and %s (LRU hash, IPv4 source or destination -> packets)"
+                  % (h["hook"], h["program"], h["lru"])]
+        lines += table(["  peers", "plain", "talkers", "LRU", "talkers/LRU"],
+                       [["  %d" % r["peers"], "%.1f ns" % r["plain_ns"], "%.1f ns" % r["talkers_ns"],
+                         "%.1f ns" % r["lru_ns"], "%.2fx" % r["lru_ratio"]] for r in h["rows"]])
+    return lines
+
+
+def start_lines(figures):
+    """Sections 2 to 5: start, memory, size, load to attached."""
+    lines = []
     for s in figures["start"]:
         lines += ["", "2-3. start and memory, python %s (%s), %d runs, probe: %s"
                   % (s["version"], s["executable"], s["runs"], figures["probe_command"])]
@@ -497,14 +587,6 @@ def report_lines(figures):
     lines += ["", "5. load to attached (object bytes -> program on the veth), %d interleaved rounds"
               % len(next(iter(engines.values()))["rounds_ms"])]
     lines += table(["loader", "median"], [[name, "%.1f ms" % e["median_ms"]] for name, e in engines.items()])
-    if "line_rate" in figures:
-        lines += ["", "6. " + "\n".join(linerate.report_lines(figures["line_rate"]))]
-    if "scale" in figures:
-        lines += ["", "7. " + "\n".join(scale.report_lines(figures["scale"]))]
-    lines += ["", "targets (informational; the exit status ignores them)"]
-    lines += table(["measure", "value", "target", "status"],
-                   [[c["what"], "%.2f %s" % (c["value"], c["unit"]), "<= %g %s" % (c["limit"], c["unit"]),
-                     c["status"]] for c in figures["targets"]])
     return lines
 
 
@@ -533,6 +615,11 @@ def parse_args(argv):
     p.add_argument("--scale", type=int, default=500,
                    help="veth pairs of the node-agent measurement (default 500; 0 leaves it out: it takes ~1 min)")
     p.add_argument("--line-rate-seconds", type=float, default=2.0, help="seconds of each line-rate window")
+    p.add_argument("--lru-object", type=os.path.abspath, default=os.path.join(ROOT, "build", "lru_talkers.bpf.o"),
+                   help="ELF object holding the LRU talker counter of each hook (tests/bpf/lru_talkers.bpf.c)")
+    p.add_argument("--talkers-only", action="store_true",
+                   help="measure only the top talkers: per packet beside the LRU counter, and the line rate with "
+                        "talkers on")
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
     return p.parse_args(argv)
 
@@ -553,14 +640,29 @@ def size_of(path):
     return {"file": os.path.basename(path), "bytes": os.path.getsize(path)}
 
 
+def measure_talkers_only(args):
+    """The top talkers' figures alone (--talkers-only)."""
+    engine = LibbpfEngine()
+    figures = {"machine": machine_facts(engine),
+               "talkers": measure_talkers(engine, args.lru_object, args.rounds, args.repeat)}
+    if args.line_rate_rounds:
+        figures["line_rate_talkers"] = linerate.measure(args.line_rate_rounds, args.line_rate_seconds, OBJECT_FILE,
+                                                        args.empty_object, talkers=True)
+    figures["targets"] = evaluate_targets(figures)
+    return figures
+
+
 def measure(args):
     """Every figure, in one run."""
+    if args.talkers_only:
+        return measure_talkers_only(args)
     probe = probe_argv(args)
     os.chdir(ROOT)  # so `--command '-m probe'` imports the checkout
     interpreters = list(map(describe_interpreter, args.interpreter)) if args.interpreter else default_interpreters()
     engine = LibbpfEngine()
     figures = {"machine": machine_facts(engine), "probe_command": " ".join(probe),
-               "program": measure_programs(engine, args.empty_object, args.minimal_object, args.rounds, args.repeat)}
+               "program": measure_programs(engine, args.empty_object, args.minimal_object, args.rounds, args.repeat),
+               "talkers": measure_talkers(engine, args.lru_object, args.rounds, args.repeat)}
     with tempfile.TemporaryDirectory(prefix="knpbench-") as tmp:
         scripts = write_scripts(tmp)
         with veth_namespace() as interface:
@@ -570,6 +672,8 @@ def measure(args):
     if args.line_rate_rounds:
         figures["line_rate"] = linerate.measure(args.line_rate_rounds, args.line_rate_seconds, OBJECT_FILE,
                                                 args.empty_object)
+        figures["line_rate_talkers"] = linerate.measure(args.line_rate_rounds, args.line_rate_seconds, OBJECT_FILE,
+                                                        args.empty_object, talkers=True)
     if args.scale:
         figures["scale"] = scale.measure(args.scale, args.pyz)
     figures["targets"] = evaluate_targets(figures)

@@ -60,6 +60,13 @@ class FakeMonitor(object):
     def __init__(self, hooks=None):
         self.engine = FakeEngine()
         self.attachments = [FakeAttachment(hooks if hooks is not None else {"rx": rx_xdp(), "tx": tx_tc()})]
+        self.talkers = None  # no peers counted
+
+    def count_talkers(self):
+        pass
+
+    def talker_stats(self, attachment):
+        return None
 
     def packet_stats(self):
         """The next queued counters of every attachment, as NetworkMonitor.packet_stats reads them all at once."""

@@ -22,18 +22,17 @@ def ether(ethertype, payload=b"", tags=(), dst="02:00:00:00:00:02", src="02:00:0
 BENCH6 = bytes.fromhex("20010002")
 
 
-def ipv4(proto, payload=b"", ihl=5):
+def ipv4(proto, payload=b"", ihl=5, src=bytes([198, 18, 0, 1]), dst=bytes([198, 18, 0, 2])):
     """An IPv4 header of `ihl` 32-bit words (options are NOPs; ihl < 5 still writes 20 bytes), then payload."""
     options = b"\x01" * max(0, ihl * 4 - 20)
     header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 20 + len(options) + len(payload), 1, 0, 64, proto, 0,
-                         bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2]))
+                         src, dst)
     return header + options + payload
 
 
-def ipv6(nexthdr, payload=b""):
+def ipv6(nexthdr, payload=b"", src=BENCH6 + b"\0" * 11 + b"\x01", dst=BENCH6 + b"\0" * 11 + b"\x02"):
     """A 40-byte IPv6 header announcing `nexthdr`, then payload."""
-    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nexthdr, 64,
-                       BENCH6 + b"\0" * 11 + b"\x01", BENCH6 + b"\0" * 11 + b"\x02") + payload
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nexthdr, 64, src, dst) + payload
 
 
 def ext_header(kind, nexthdr, hdrlen=0):

@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from frames import ETH_IP, UDP, ether, ipv4, udp  # noqa: E402
 from probe import layout, stats  # noqa: E402
+from probe import talkers as peer_tables  # noqa: E402
 from probe.attach.tc import attach_tc  # noqa: E402
 from probe.attach.xdp import attach_xdp  # noqa: E402
 from probe.bpf import syscall  # noqa: E402
@@ -460,8 +461,9 @@ def default_cpu():
 
 
 def measure(rounds, seconds, object_path, empty_object_path, warmup=0.5, frame_bytes=64, sender_cpu=None,
-            receiver_cpu=None, linear=True):
-    """Every line-rate figure, in one run, as a plain dict (report_lines prints it).
+            receiver_cpu=None, linear=True, talkers=False):
+    """Every line-rate figure, in one run, as a plain dict (report_lines prints it). With `talkers`, of the
+    programs that count top talkers too (layout.PEER_PROGRAMS), in tables of the default capacity.
 
     Both ends run on one CPU unless sender_cpu and receiver_cpu differ: on a small VM, two CPUs handing
     frames to each other measured far noisier than one CPU doing both (see the module's notes).
@@ -475,7 +477,9 @@ def measure(rounds, seconds, object_path, empty_object_path, warmup=0.5, frame_b
         if cpu not in allowed:
             raise ValueError("CPU %d is not one this process may run on (%s)"
                              % (cpu, ", ".join(map(str, sorted(allowed)))))
-    units = [[NO_PROGRAM]] + [[(hook, "empty"), (hook, "probe")] for hook, _, _ in HOOKS]
+    hooks = [(hook, side, layout.PEER_PROGRAMS[side, hook.split()[0]]) for hook, side, _ in HOOKS] if talkers \
+        else HOOKS
+    units = [[NO_PROGRAM]] + [[(hook, "empty"), (hook, "probe")] for hook, _, _ in hooks]
     duration = 1.0 + sum(len(u) for u in units) * rounds * (warmup + seconds)
     samples = {config: [] for unit in units for config in unit}
     counted = {}
@@ -483,15 +487,17 @@ def measure(rounds, seconds, object_path, empty_object_path, warmup=0.5, frame_b
     started = time.monotonic()
     load_before = os.getloadavg()
     engine = LibbpfEngine()
-    with engine.load_file(object_path) as probe_obj, engine.load_file(empty_object_path) as empty_obj:
+    sizes = peer_tables.max_entries(layout.PEERS_DEFAULT if talkers else 0)
+    with engine.load_file(object_path, max_entries=sizes) as probe_obj, \
+            engine.load_file(empty_object_path) as empty_obj:
         empty = {"xdp": program_of_type(empty_obj, BPF_PROG_TYPE_XDP, empty_object_path),
                  "tc": program_of_type(empty_obj, BPF_PROG_TYPE_SCHED_CLS, empty_object_path)}
         programs = {}
-        for hook, side, probe_name in HOOKS:
+        for hook, side, probe_name in hooks:
             programs[(hook, "probe")] = probe_obj.program(probe_name)
             programs[(hook, "empty")] = empty_obj.program(empty[hook.split()[0]])
-        slots = stats.Slots.of(probe_obj)
-        sides = {hook: side for hook, side, _ in HOOKS}
+        slots = stats.Slots.of(probe_obj, talkers)
+        sides = {hook: side for hook, side, _ in hooks}
         with Flood(frame_bytes, sender_cpu, receiver_cpu, duration, linear) as flood:
             for index in (flood.rx_index, flood.tx_index):
                 slots.add(index)  # as the probe does before it attaches: else nothing counts
@@ -523,9 +529,9 @@ def measure(rounds, seconds, object_path, empty_object_path, warmup=0.5, frame_b
         "sender_cpu": sender_cpu, "receiver_cpu": receiver_cpu, "cpus": os.cpu_count(),
         "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
         "elapsed_s": time.monotonic() - started, "target_percent": TARGET_PERCENT,
-        "none": summarize(samples[NO_PROGRAM]), "hooks": [], "redone_windows": redone,
+        "none": summarize(samples[NO_PROGRAM]), "hooks": [], "redone_windows": redone, "talkers": talkers,
     }
-    for hook, side, probe_name in HOOKS:
+    for hook, side, probe_name in hooks:
         empty_runs, probe_runs = samples[(hook, "empty")], samples[(hook, "probe")]
         e, p = summarize(empty_runs), summarize(probe_runs)
         pairs = list(zip(empty_runs, probe_runs))
@@ -612,7 +618,8 @@ def report_lines(figures):
              "load %.2f -> %.2f; %.0f s" % (f["skb"], f["sender_cpu"], f["receiver_cpu"],
                                            f["load_average_before"][0], f["load_average_after"][0], f["elapsed_s"]),
              "",
-             "a. frames per second through the veth (the receiving end's rx_packets), both ends on %s" % cpus]
+             "a. frames per second through the veth (the receiving end's rx_packets), both ends on %s%s" % (
+                 cpus, "; probe: the programs counting top talkers too" if f.get("talkers") else "")]
     lines += table(["hook", "no program", "empty", "probe", "overhead", "rounds"],
                    [[h["hook"], _mpps(none["rx_pps"]), _mpps(h["empty"]["rx_pps"]), _mpps(h["probe"]["rx_pps"]),
                      _percent(h["rate_overhead_percent"]), _spread(h["rate_round_overheads_percent"])]
@@ -671,6 +678,8 @@ def parse_args(argv):
     p.add_argument("--receiver-cpu", type=int, help="CPU of the receiving NAPI kthread (default: the sender's)")
     p.add_argument("--fragments", action="store_true",
                    help="send skbs with only the Ethernet header linear, as a plain TX ring (trafgen) does")
+    p.add_argument("--talkers", action="store_true",
+                   help="measure the programs that count top talkers too (the probe's --talkers)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
     return p.parse_args(argv)
 
@@ -689,7 +698,7 @@ def main(argv=None):
     try:
         figures = measure(args.rounds, args.seconds, args.object, args.empty_object, warmup=args.warmup,
                           frame_bytes=args.frame_bytes, sender_cpu=args.sender_cpu, receiver_cpu=args.receiver_cpu,
-                          linear=not args.fragments)
+                          linear=not args.fragments, talkers=args.talkers)
     except (ProbeError, RuntimeError, OSError, ValueError) as e:
         sys.stderr.write("linerate: %s\n" % e)
         return 1

@@ -27,7 +27,8 @@ def test_repeated_interfaces_and_values():
                                   ["--interval", "nan"], ["--count", "0"], ["--count", "1.5"],
                                   ["--mode", "offload"], ["--bogus"], ["--direction", "in"],
                                   ["--direction", "rxtx"], ["--hook", "tcx"], ["--hook", "egress"],
-                                  ["--direction"], ["--hook"]])
+                                  ["--direction"], ["--hook"], ["--talkers", "-1"], ["--talkers", "x"],
+                                  ["--talkers-capacity", "0"], ["--talkers-capacity", str((1 << 24) + 1)]])
 def test_bad_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit:
         cli.parser().parse_args(argv)
@@ -47,8 +48,9 @@ def test_help_teaches(capsys):
 class RecordingMonitor(object):
     """Stands in for NetworkMonitor: records what run() attaches to, and with which loader."""
 
-    def __init__(self, loader, pin_dir, object_path):
+    def __init__(self, loader, pin_dir, object_path, talkers=0, talkers_capacity=None):
         self.loader, self.pin_dir, self.object_path = loader, pin_dir, object_path
+        self.talkers, self.talkers_capacity = talkers, talkers_capacity
         self.attached = []
         RecordingMonitor.last = self
 
@@ -68,6 +70,16 @@ def recording(monkeypatch):
     monkeypatch.setattr(cli, "NetworkMonitor", RecordingMonitor)
     monkeypatch.setattr(cli, "_Signals", lambda: None)  # leave pytest's own signal handlers alone
     monkeypatch.setattr(interfaces, "default_interface", lambda: "eth-default")
+
+
+def test_talkers_reach_the_monitor(recording):
+    """--talkers K and --talkers-capacity N go to the monitor; talkers are off by default, 4096 peers the
+    default capacity, whose memory --help states."""
+    cli.main(["-i", "eth3"])
+    assert (RecordingMonitor.last.talkers, RecordingMonitor.last.talkers_capacity) == (0, 4096)
+    cli.main(["-i", "eth3", "--talkers", "5", "--talkers-capacity", "100"])
+    assert (RecordingMonitor.last.talkers, RecordingMonitor.last.talkers_capacity) == (5, 100)
+    assert "MiB for 4096 peers" in " ".join(cli.parser().format_help().split())
 
 
 def test_interface_from_environment(recording, monkeypatch):

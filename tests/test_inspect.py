@@ -11,6 +11,7 @@ import pytest
 
 from conftest import OBJECT, PYZ, ROOT, bpf_source, compile_bpf, tool
 from corpus import libxdp_objects
+from probe import layout
 from probe.bpf.constants import MAP_TYPES
 from probe.bpf.libbpf import LibbpfEngine
 from probe.bpf.native import NativeEngine
@@ -175,8 +176,9 @@ def test_command_prints_json(built_pyz, objects):
     result = run_pyz("inspect", objects["kubenetprobe.bpf.o"], "--json")
     assert result.returncode == 0 and result.stderr == ""
     info = json.loads(result.stdout)
-    assert sorted(p["name"] for p in info["programs"]) == ["kubenetprobe_in", "kubenetprobe_rx", "kubenetprobe_tx"]
-    assert sorted(m["name"] for m in info["maps"]) == ["knp_slots", "knp_stats"]
+    assert sorted(p["name"] for p in info["programs"]) == ["kubenetprobe_in", "kubenetprobe_ip", "kubenetprobe_rx",
+                                                          "kubenetprobe_tp", "kubenetprobe_tx", "kubenetprobe_xp"]
+    assert sorted(m["name"] for m in info["maps"]) == sorted(layout.MAPS + layout.PEER_MAPS)
 
 
 def test_command_refuses_a_damaged_object_in_one_line(built_pyz, tmp_path):

@@ -112,15 +112,16 @@ def test_btf_slots_map_matches_layout(btf):
 
 
 def test_btf_functions_are_the_layout_programs(btf):
-    """The object's global functions, its programs, are the ones layout.PROGRAMS names: no more, no fewer."""
+    """The object's global functions, its programs, are the ones layout.PROGRAMS and PEER_PROGRAMS name: no
+    more, no fewer."""
     functions = sorted(t["name"] for t in btf.values() if t["kind"] == "FUNC" and t["linkage"] == "global")
-    assert functions == sorted(layout.PROGRAMS.values())
+    assert functions == sorted(list(layout.PROGRAMS.values()) + list(layout.PEER_PROGRAMS.values()))
 
 
 def test_program_names_are_whole_distinct_and_the_owners():
     """Each name starts with layout.OWNER (how detach finds the probe's programs) and fits the kernel's 15
     characters, so bpftool shows it whole and no two programs look alike there."""
-    names = list(layout.PROGRAMS.values())
+    names = list(layout.PROGRAMS.values()) + list(layout.PEER_PROGRAMS.values())
     assert len(set(names)) == len(names)
     for name in names:
         assert name.startswith(layout.OWNER + "_")
@@ -162,3 +163,34 @@ def test_possible_cpus_parses_cpu_lists(tmp_path, text, count):
     path = tmp_path / "possible"
     path.write_text(text)
     assert objects.possible_cpus(str(path)) == count
+
+
+def test_btf_peer_key_matches_layout(btf):
+    """struct knp_peer_key is layout.PEER_KEY: __u32 id at 0, 16 address bytes at 4, 20 bytes, no padding."""
+    key = named(btf, "STRUCT", "knp_peer_key")
+    fields = members(btf, key)
+    assert key["size"] == layout.PEER_KEY.size == 20
+    assert fields["id"][0] == 0
+    assert_u32(fields["id"][1])
+    assert fields["addr"][0] == 4 and fields["addr"][1]["kind"] == "ARRAY" and fields["addr"][1]["nr_elems"] == 16
+
+
+def test_btf_peer_maps_match_layout(btf):
+    """The peer tables: per-CPU hashes of knp_peer_key -> knp_counter, KNP_PEERS_DEFAULT peers as declared; the
+    live map one __u32; `other` keyed like the stats map; the base a hash not preallocated."""
+    for name in layout.PEER_TABLES:
+        fields, pointee = map_fields(btf, name)
+        assert pointee("type")["nr_elems"] == layout.PEER_TABLE_TYPE == constants.BPF_MAP_TYPE_PERCPU_HASH
+        assert pointee("max_entries")["nr_elems"] == layout.PEERS_DEFAULT
+        assert pointee("key") is named(btf, "STRUCT", "knp_peer_key")
+        assert pointee("value") is named(btf, "STRUCT", "knp_counter")
+    fields, pointee = map_fields(btf, layout.PEER_LIVE_MAP)
+    assert pointee("type")["nr_elems"] == constants.BPF_MAP_TYPE_ARRAY and pointee("max_entries")["nr_elems"] == 1
+    fields, pointee = map_fields(btf, layout.PEER_OTHER_MAP)
+    assert pointee("type")["nr_elems"] == layout.PEER_OTHER_TYPE
+    assert pointee("max_entries")["nr_elems"] == layout.MAX_ENTRIES
+    assert_u32(pointee("key"))
+    fields, pointee = map_fields(btf, layout.PEER_BASE_MAP)
+    assert pointee("type")["nr_elems"] == layout.PEER_BASE_TYPE
+    assert pointee("map_flags")["nr_elems"] == layout.PEER_BASE_FLAGS
+    assert pointee("key") is named(btf, "STRUCT", "knp_peer_key")

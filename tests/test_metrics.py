@@ -28,6 +28,7 @@ from traffic import (DIRECTIONS, class_frames, classes, ping, ping_frame_size, r
 PORT = 9199  # the probe's, on 127.0.0.1 of the probe's namespace (a fresh one: nothing else listens there)
 PROMETHEUS_PORT = 9090
 NODE_EXPORTER_PORT = 9100
+PEER_FAMILIES = ("kubenetprobe_peer_packets_total", "kubenetprobe_peer_bytes_total")
 
 
 def total_packets(samples, interface, direction):
@@ -89,6 +90,27 @@ def test_an_interface_without_counters_is_left_out():
     counters = {"eth0": FAKE_COUNTERS["eth0"]}
     samples = parse(render(metrics.families(fake_monitor(), counters)))
     assert {l.get("interface") for _, l, _ in samples} == {"eth0", None}
+
+
+def test_peer_families_are_the_top_talkers_and_other():
+    """With talkers, kubenetprobe_peer_packets_total and _bytes_total carry, per interface and direction, each
+    peer the reports list and `other`, labelled interface, direction, peer; promtool accepts them. Without
+    talkers, neither family is there."""
+    monitor = fake_monitor()
+    assert not {n for n, _, _ in parse(render(metrics.families(monitor, FAKE_COUNTERS)))} & set(PEER_FAMILIES)
+    listed = [{"address": "198.18.0.9", "packets": 4, "bytes": 400, "pps": 1.0, "bps": 8.0},
+              {"address": "2001:2::9", "packets": 2, "bytes": 150, "pps": 0.0, "bps": 0.0},
+              {"address": "other", "packets": 1, "bytes": 60, "pps": 0.0, "bps": 0.0}]
+    monitor.talkers = object()
+    monitor.talker_stats = lambda a: {d: listed for d in a.hooks} if a.interface == "eth0" else None
+    text = render(metrics.families(monitor, FAKE_COUNTERS))
+    result = promtool(text)
+    assert result.returncode == 0 and result.stdout == "", result.stdout + text
+    samples = parse(text)
+    for name, field in zip(PEER_FAMILIES, ("packets", "bytes")):
+        assert [(l, v) for n, l, v in samples if n == name] == [
+            ({"interface": "eth0", "direction": d, "peer": p["address"]}, p[field]) for d in DIRECTIONS
+            for p in listed]
 
 
 class FakeProgramInfo(object):

@@ -225,7 +225,7 @@ def test_pinned_interfaces_share_one_map_taken_over_and_detached_one_by_one(two,
         send(pair, [frame()] * 4, SECOND_PEER)
         settle()
         indexes = (first.ifindex, second.ifindex)
-    assert sorted(os.listdir(root)) == sorted(["knp_stats", "knp_slots", pair.probe_if, SECOND_IF])
+    assert sorted(os.listdir(root)) == sorted(list(layout.MAPS) + [pair.probe_if, SECOND_IF])
     send(pair, [frame()] * 5, SECOND_PEER)  # counted while no probe runs
     with NetworkMonitor(pin_dir=root, loader=loader) as monitor:
         first, second = monitor.attach(pair.probe_if), monitor.attach(SECOND_IF)
@@ -234,7 +234,7 @@ def test_pinned_interfaces_share_one_map_taken_over_and_detached_one_by_one(two,
         counted = monitor.packet_stats()
         assert (counted[pair.probe_if]["rx"]["packets"], counted[SECOND_IF]["rx"]["packets"]) == (3, 9)
     assert cli.main(["detach", "-i", pair.probe_if, "--pin", root]) == cli.EXIT_OK
-    assert sorted(os.listdir(root)) == sorted(["knp_stats", "knp_slots", SECOND_IF])
+    assert sorted(os.listdir(root)) == sorted(list(layout.MAPS) + [SECOND_IF])
     assert pair.probe_programs() == [] and pair.probe_programs(SECOND_IF) != []
     slots_map = pinned_map(root)
     try:
@@ -255,14 +255,14 @@ def test_monitor_detach_of_a_pinned_interface_ends_its_pins(two, bpffs, method):
     with NetworkMonitor(pin_dir=root) as monitor:
         first, second = monitor.attach(pair.probe_if, method=method), monitor.attach(SECOND_IF, method=method)
         monitor.detach(first)
-        assert sorted(os.listdir(root)) == sorted(["knp_stats", "knp_slots", SECOND_IF])
+        assert sorted(os.listdir(root)) == sorted(list(layout.MAPS) + [SECOND_IF])
         assert keys(monitor) == both_keys(second)
         assert pair.probe_programs() == []
         sh("ip", "-n", pair.probe_ns, "link", "del", SECOND_IF)
         monitor.detach(second)
         assert os.listdir(root) == [] and keys(monitor) == []
         again = monitor.attach(pair.probe_if)  # the map pinned again for the next one
-        assert sorted(os.listdir(root)) == sorted(["knp_stats", "knp_slots", pair.probe_if])
+        assert sorted(os.listdir(root)) == sorted(list(layout.MAPS) + [pair.probe_if])
         monitor.detach(again)
     assert os.listdir(root) == []
 

@@ -137,6 +137,26 @@ def test_vanished_interfaces_in_a_pipe_are_written_at_once():
     assert [line.split()[1:3] for line in stream.getvalue().splitlines()[1:]] == [["veth9", "rx"]]
 
 
+def test_table_shows_the_top_five_talkers_under_each_row_and_the_rest_as_other():
+    """Under an interface's row, each direction's first five peers, then `other` summing every peer beyond them
+    and the report's own `other`; a direction without talkers shows none; they count toward the height."""
+    report = report_of("eth0", rx=(28, 28.0, 224.0), tx=(1, 1.0, 8.0))
+    listed = [{"address": "198.18.0.%d" % i, "packets": i, "bytes": 100 * i, "pps": float(i), "bps": 800.0 * i}
+              for i in range(7, 0, -1)]
+    report["talkers"] = {"rx": listed + [{"address": "other", "packets": 3, "bytes": 300, "pps": 0.5, "bps": 4.0}]}
+    quiet = report_of("veth1", rx=(0, 0.0, 0.0))
+    lines = output.format_table([report, quiet])
+    assert lines[2].split()[0] == "eth0"
+    assert [line.split()[:2] for line in lines[3:9]] == [["rx", "198.18.0.%d" % i] for i in range(7, 2, -1)] + [
+        ["rx", "other"]]
+    assert lines[3].split()[2:] == ["7", "pps", "5.6k", "bit/s", "7", "packets"]
+    assert lines[8].split()[2:] == ["4", "pps", "2.4k", "bit/s", "6", "packets"]  # 2 + 1 + the report's other
+    assert [line.split()[0] for line in lines[9:]] == ["veth1", "total"]
+    assert len(output.format_table([report, quiet], height=12)) == 11  # all of it, and the cursor's line
+    cut = output.format_table([report, quiet], height=11)  # room for eth0 and its talkers, not for veth1 too
+    assert [line.split()[0] for line in cut[-2:]] == ["(1", "total"] and len(cut) == 11
+
+
 def test_json_lines():
     stream = Terminal()
     output.Printer(stream, json_lines=True).write([sample_report(), sample_report()])

@@ -13,6 +13,7 @@ import pytest
 from conftest import OBJECT, PYZ, bpf_source, compile_bpf
 from frames import ETH_LLDP
 from netns import ProbeRun, settle
+from probe import layout
 
 pytestmark = pytest.mark.integration
 
@@ -179,7 +180,7 @@ def test_pinned_state_outlives_the_probe_and_is_taken_over(pair, bpffs, hook, me
             kept = first.attached()
             assert kept is not None, "pinned programs must stay after the probe exits"
             # The maps shared by every interface, then the interface's hooks in a folder of its own.
-            assert sorted(os.listdir(pins)) == sorted(["knp_stats", "knp_slots", pair.probe_if])
+            assert sorted(os.listdir(pins)) == sorted(list(layout.MAPS) + [pair.probe_if])
             names = ["rx_%s_%s" % (hook, kind), "tx_tc_%s" % kind]
             assert sorted(os.listdir(os.path.join(pins, pair.probe_if))) == names
             for name in ["knp_stats", "knp_slots"] + [os.path.join(pair.probe_if, name) for name in names]:
@@ -214,9 +215,10 @@ def test_pin_mounts_a_bpffs_at_sys_fs_bpf(pair):
                       'ls /sys/fs/bpf/knp/knp0', "sh", sys.executable, PYZ, "-i", pair.probe_if, "--pin",
                       "/sys/fs/bpf/knp", "--count", "1", "--interval", "0", "--json", check=False)
     assert result.returncode == 0, result.stderr
-    report, fs_type, files = result.stdout.splitlines()[0], result.stdout.splitlines()[1], result.stdout.split()[-5:]
+    lines = result.stdout.splitlines()
+    report, fs_type, files = lines[0], lines[1], result.stdout.split()[-(len(layout.MAPS) + 3):]
     assert json.loads(report)["final"] is True
-    assert fs_type == "bpf_fs" and sorted(files) == sorted(["knp_stats", "knp_slots", "knp0", "rx_tc_link", "tx_tc_link"])
+    assert fs_type == "bpf_fs" and sorted(files) == sorted(list(layout.MAPS) + ["knp0", "rx_tc_link", "tx_tc_link"])
 
 
 @pytest.mark.parametrize("source,reason", [

@@ -56,7 +56,7 @@ def raw_sh_name(data, index):
 # The project's object
 
 def test_maps(objspec):
-    assert sorted(objspec.maps) == sorted(layout.MAPS)
+    assert sorted(objspec.maps) == sorted(layout.MAPS + layout.PEER_MAPS)
     m = objspec.maps[layout.STATS_MAP]
     assert m.name == layout.STATS_MAP
     assert m.type == constants.BPF_MAP_TYPE_PERCPU_ARRAY == 6
@@ -81,17 +81,17 @@ def test_maps_btf_ids(objspec):
 
 
 def test_program(objspec):
-    assert sorted(objspec.programs) == sorted(layout.PROGRAMS.values())
+    assert sorted(objspec.programs) == sorted(list(layout.PROGRAMS.values()) + list(layout.PEER_PROGRAMS.values()))
     assert objspec.programs[layout.PROGRAM].offset == 0
     sections = {"xdp": ("xdp", constants.BPF_PROG_TYPE_XDP), "tc": ("classifier", constants.BPF_PROG_TYPE_SCHED_CLS)}
-    for (_, hook), name in layout.PROGRAMS.items():
+    for (_, hook), name in list(layout.PROGRAMS.items()) + list(layout.PEER_PROGRAMS.items()):
         prog = objspec.programs[name]
         assert prog.name == name
         assert (prog.section, prog.prog_type) == sections[hook]
         assert prog.instructions and len(prog.instructions) % 8 == 0
         assert prog.map_relocations
         for index, map_name in prog.map_relocations:
-            assert map_name in layout.MAPS
+            assert map_name in layout.MAPS + layout.PEER_MAPS
             assert prog.instructions[index * 8] == constants.BPF_LD_IMM64
             assert (index + 2) * 8 <= len(prog.instructions)
 
@@ -156,7 +156,9 @@ def test_btf_fixup(objspec, data, tmp_path):
     path = tmp_path / "fixed.btf"
     path.write_bytes(objspec.btf)
     text = run(tool("bpftool"), "btf", "dump", "file", str(path), "format", "raw")
-    assert "DATASEC '.maps' size=64 vlen=2" in text  # knp_slots, knp_stats: type, max_entries, key, value each
+    # knp_slots, knp_stats and the 5 talker maps: type, max_entries, key, value each (32 bytes); knp_peer_base's
+    # map_flags too
+    assert "DATASEC '.maps' size=232 vlen=7" in text
     assert "DATASEC 'license' size=13 vlen=1" in text
 
 
@@ -396,7 +398,7 @@ def test_big_endian_object(tmp_path, objspec):
         assert s.programs[name].instructions and len(s.programs[name].instructions) % 8 == 0
     fixed = btf.parse_btf(s.btf)
     assert fixed.byteorder == ">"
-    assert fixed.find(".maps", btf.BTF_KIND_DATASEC).size == 64
+    assert fixed.find(".maps", btf.BTF_KIND_DATASEC).size == 232
 
 
 def test_func_and_line_info(objspec, data):

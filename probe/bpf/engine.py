@@ -31,23 +31,26 @@ class Engine(object):
 
     name = None
 
-    def load_bytes(self, data, reuse_maps=None, pin_root=None):
+    def load_bytes(self, data, reuse_maps=None, pin_root=None, max_entries=None, programs=None):
         """Load an ELF object held in memory; returns a LoadedObject.
 
         reuse_maps {name: fd}: maps already in the kernel to use instead of creating the object's own
         (a reload keeps its counters this way); the caller keeps its fds. pin_root: the folder on a
-        bpffs where maps declared with pinning by name are pinned (default /sys/fs/bpf).
+        bpffs where maps declared with pinning by name are pinned (default /sys/fs/bpf). max_entries
+        {name: n}: capacities that replace those the object declares for these maps (a map it does not declare
+        is left out; a reused map must have them).
+        programs: the names of the programs to load, the others left out (default: every one).
         """
         raise NotImplementedError
 
-    def load_file(self, path, reuse_maps=None, pin_root=None):
+    def load_file(self, path, reuse_maps=None, pin_root=None, max_entries=None):
         """Load an ELF object from a file; returns a LoadedObject."""
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise ProbeError("cannot read %s: %s" % (path, e.strerror), errno=e.errno)
-        return self.load_bytes(data, reuse_maps, pin_root)
+        return self.load_bytes(data, reuse_maps, pin_root, max_entries)
 
 
 def open_engine(loader="auto"):

@@ -35,6 +35,7 @@ _FUNCTIONS = {
     "bpf_map__value_size": (_u32, [_p]),
     "bpf_map__max_entries": (_u32, [_p]),
     "bpf_map__map_flags": (_u32, [_p]),
+    "bpf_program__set_autoload": (ctypes.c_int, [_p, ctypes.c_bool]),
 }
 # bpf_map__get_pin_path became bpf_map__pin_path in 0.5, the old name staying as an alias: the new one first.
 _PIN_PATH = ("bpf_map__pin_path", "bpf_map__get_pin_path")
@@ -47,6 +48,8 @@ _OPTIONAL = {
     "libbpf_major_version": (_u32, []),
     "libbpf_minor_version": (_u32, []),
 }
+# A map's capacity set before load: bpf_map__set_max_entries (0.5+), or bpf_map__resize (0.x, gone in 1.0).
+_SET_MAX_ENTRIES = ("bpf_map__set_max_entries", "bpf_map__resize")
 
 
 # What a map in the kernel must share with a declaration to stand in for it, as libbpf judges a pinned map:
@@ -211,6 +214,8 @@ class LibbpfEngine(Engine):
             else:
                 self._iterators[key] = (_bind(self.lib, old, _p, [_p, _p]), True)
         self._pin_path = _bind(self.lib, next(n for n in _PIN_PATH if hasattr(self.lib, n)), ctypes.c_char_p, [_p])
+        self._set_max_entries = _bind(self.lib, next(n for n in _SET_MAX_ENTRIES if hasattr(self.lib, n)),
+                                      ctypes.c_int, [_p, _u32])
         for name, (restype, argtypes) in _OPTIONAL.items():
             if hasattr(self.lib, name):
                 _bind(self.lib, name, restype, argtypes)
@@ -247,8 +252,9 @@ class LibbpfEngine(Engine):
             yield item
 
     def programs(self, obj):
-        return {self.lib.bpf_program__name(p).decode(): self.lib.bpf_program__fd(p)
-                for p in self._iterate("next_program", obj)}
+        fds = {self.lib.bpf_program__name(p).decode(): self.lib.bpf_program__fd(p)
+               for p in self._iterate("next_program", obj)}
+        return {name: fd for name, fd in fds.items() if fd >= 0}  # those not loaded have none
 
     def map_names(self, obj):
         """The names of the object's maps as declared, in libbpf's order; read before the load, since reusing a
@@ -282,12 +288,18 @@ class LibbpfEngine(Engine):
         self.lib.bpf_object__close(self._open(ctypes.create_string_buffer(bytes(data), len(data))))
         self._log.take()
 
-    def load_bytes(self, data, reuse_maps=None, pin_root=None):
+    def load_bytes(self, data, reuse_maps=None, pin_root=None, max_entries=None, programs=None):
         raise_memlock_limit()
         buffer = ctypes.create_string_buffer(bytes(data), len(data))
         obj = self._open(buffer, pin_root)
         try:
+            if programs is not None:
+                for p in self._iterate("next_program", obj):
+                    if self.lib.bpf_program__name(p).decode() not in programs:
+                        self.lib.bpf_program__set_autoload(p, False)
             names = self.map_names(obj)
+            for name, entries in sorted((max_entries or {}).items()):
+                self._resize(obj, name, entries)
             for name, fd in sorted((reuse_maps or {}).items()):
                 self._reuse(obj, name, fd)
             # A pin found in place is reused, not made: it is not this load's to remove.
@@ -302,6 +314,15 @@ class LibbpfEngine(Engine):
         except BaseException:
             self.lib.bpf_object__close(obj)
             raise
+
+    def _resize(self, obj, name, entries):
+        """Give the object's map `name`, if it declares one, another capacity, before load."""
+        found = self.lib.bpf_object__find_map_by_name(obj, name.encode())
+        if not found:
+            return
+        rc = self._set_max_entries(found, entries)
+        if rc < 0:
+            raise self._error("libbpf cannot size map %s to %d entries" % (name, entries), -rc)
 
     def _reuse(self, obj, name, fd):
         """Have the object's map `name` be the caller's map fd, which must fit its declaration."""

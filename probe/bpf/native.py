@@ -335,11 +335,14 @@ class NativeEngine(Engine):
 
     name = "native"
 
-    def load_bytes(self, data, reuse_maps=None, pin_root=None):
+    def load_bytes(self, data, reuse_maps=None, pin_root=None, max_entries=None, programs=None):
         try:
             spec = read_object(bytes(data))
         except ObjectError as e:
             raise e.wrap("cannot read the object") from e
+        for name, program in spec.programs.items():
+            if programs is not None and name not in programs:
+                program.autoload = False
         check_supported(spec)
         raise_memlock_limit()
         made = _Made()
@@ -347,6 +350,8 @@ class NativeEngine(Engine):
             btf_fd = made.fd(_load_btf(spec.btf)) if spec.btf else None
             maps, programs = {}, {}
             for name, map_spec in spec.maps.items():
+                if max_entries and name in max_entries:
+                    map_spec.max_entries = max_entries[name]
                 if reuse_maps and name in reuse_maps:
                     maps[name] = made.fd(os.dup(reuse_maps[name]))  # this object's own fd of the kernel's map
                 elif map_spec.pinning == LIBBPF_PIN_BY_NAME:

@@ -247,6 +247,15 @@ def map_lookup_batch(map_fd, key_size, value_size, count, after=None, total=None
         attr.in_batch = ctypes.addressof(in_batch)
 
 
+def wait_for_programs(outer_fd, inner_fd):
+    """Return once every BPF program that was running has finished: updating a map-in-map (outer_fd, an
+    ARRAY_OF_MAPS of one entry made with inner_fd as its template) waits out an RCU grace period, so that user
+    space knows no program still uses what it saw before (kernel/bpf/syscall.c, maybe_wait_bpf_programs)."""
+    fd = ctypes.c_uint32(inner_fd)
+    k = ctypes.c_uint32(0)
+    bpf(BPF_MAP_UPDATE_ELEM, MapElemAttr(map_fd=outer_fd, key=ctypes.addressof(k), value=ctypes.addressof(fd)))
+
+
 def map_freeze(map_fd):
     """Make a map read-only to user space from now on (programs still read it)."""
     bpf(BPF_MAP_FREEZE, MapElemAttr(map_fd=map_fd))
