@@ -17,18 +17,16 @@ import pytest
 
 import fakes
 from conftest import tool
-from exposition import COUNTED, counted, parse, promtool
-from netns import WatchedRun, settle, sh
+from exposition import COUNTED, PEER_FAMILIES, PORT, Listening, counted, get, parse, promtool
+from netns import settle, sh
 from probe import layout, metrics
 from probe.errors import KernelError
 from probe.prometheus import render
 from traffic import (DIRECTIONS, class_frames, classes, ping, ping_frame_size, raw_sends_from_the_probe_side,
                      send_frames, tally)
 
-PORT = 9199  # the probe's, on 127.0.0.1 of the probe's namespace (a fresh one: nothing else listens there)
 PROMETHEUS_PORT = 9090
 NODE_EXPORTER_PORT = 9100
-PEER_FAMILIES = ("kubenetprobe_peer_packets_total", "kubenetprobe_peer_bytes_total")
 
 
 def total_packets(samples, interface, direction):
@@ -151,41 +149,6 @@ def test_run_time_families(monkeypatch):
 
 
 # The probe, for real
-
-class Listening(WatchedRun):
-    """kubenetprobe.pyz --json --listen 127.0.0.1:PORT in the pair's probe namespace, a periodic report a minute,
-    its reports read as they come; scraped from inside that namespace."""
-
-    def __init__(self, pair, *args):
-        WatchedRun.__init__(self, pair.probe_ns, "--interval", "60", "--listen", "127.0.0.1:%d" % PORT, *args)
-        self.pair = pair
-
-    def wait_ready(self, timeout=10):
-        """Wait until /healthz answers ok (the probe attached and serving)."""
-        def ready():
-            try:
-                return get(self.pair, PORT, "/healthz") == (200, b"ok\n")
-            except OSError:
-                return False
-        self.wait(ready, "answer ok from /healthz", timeout)
-        return self
-
-    def scrape(self):
-        """The samples of one scrape of /metrics."""
-        status, body = get(self.pair, PORT, "/metrics")
-        assert status == 200, body
-        return parse(body.decode())
-
-
-def get(pair, port, path, timeout=10):
-    """(status, body) of a GET of 127.0.0.1:port inside the pair's probe namespace."""
-    with pair.inside():
-        try:
-            with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=timeout) as answer:
-                return answer.status, answer.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-
 
 def exchange(pair, data, timeout=20):
     """What the probe answers to the bytes `data` on a connection of their own, read until it closes."""

@@ -13,6 +13,7 @@ import pytest
 
 import frames
 from conftest import PYZ
+from exposition import PEER_FAMILIES, Listening
 from peers import address, peer_frame
 from netns import ProbeRun, settle
 from probe import layout, talkers
@@ -275,7 +276,6 @@ def test_memory_of_the_tables_is_what_help_says(pair):
 def test_scrape_has_the_top_peers_and_other_adding_up_to_the_ip_totals(pair):
     """--listen with --talkers 2: per interface and direction, at most 2 peers and `other`; the 2 are the peers
     that sent most; summed over peer, the families equal the l3 ipv4 + ipv6 ones, packets and bytes."""
-    from test_metrics import PEER_FAMILIES, Listening
     quiet(pair)
     with Listening(pair, "-i", pair.probe_if, "--talkers", "2", "--interval", "0.5") as probe:
         probe.wait_ready()
