@@ -200,15 +200,18 @@ class Owners(object):
         self._entries = {}  # spec path: [Owner, netns path, nsid or None]
         self._by_nsid = {}
         self._interfaces = {}  # ifindex: Owner, or None for an interface that can have none
+        self._unowned = {}  # ifindex: the nsid of its peer's namespace, which no state named when last read
 
     def _current_signature(self):
         return [(folder, _stat(folder)) for root in self.roots for folder in _watched(root)]
 
-    def refresh(self):
-        """Read the state again if a state folder changed; look up the namespaces still without an id."""
+    def refresh(self, resolve=True):
+        """Read the state again if a state folder changed; with `resolve` (or after reading it again), look up
+        the namespaces still without an id. Whether it read the state again."""
         signature = self._current_signature()
         # A spec written since the last scan changes no folder watched: it is tried again by itself.
-        if signature != self._signature or any(_stat(path) != seen for path, seen in self._unread.items()):
+        rescan = signature != self._signature or any(_stat(path) != seen for path, seen in self._unread.items())
+        if rescan:
             self._signature = signature  # taken before the scan: a change during it makes the next one scan
             entries, unread = {}, {}
             for root in self.roots:
@@ -217,42 +220,56 @@ class Owners(object):
                 for path, owner, netns_file in found:
                     entries[path] = [owner, netns_file, None]
             self._entries, self._unread = entries, unread
-        for entry in self._entries.values():
-            if entry[2] is None:
-                entry[2] = nsid_of(entry[1], self.netns_dir)
-        by_nsid = {}
-        # A pod's containers share its namespace: its pod owner wins over a container's.
-        for owner, _, nsid in sorted(self._entries.values(), key=lambda e: (e[0].kind != "pod", e[0])):
-            if nsid is not None:
-                by_nsid.setdefault(nsid, owner)
-        self._by_nsid = by_nsid
+        if rescan or resolve:
+            for entry in self._entries.values():
+                if entry[2] is None:
+                    entry[2] = nsid_of(entry[1], self.netns_dir)
+            by_nsid = {}
+            # A pod's containers share its namespace: its pod owner wins over a container's.
+            for owner, _, nsid in sorted(self._entries.values(), key=lambda e: (e[0].kind != "pod", e[0])):
+                if nsid is not None:
+                    by_nsid.setdefault(nsid, owner)
+            self._by_nsid = by_nsid
+        return rescan
 
     def by_nsid(self, nsid):
         """The owner of the namespace this namespace knows by `nsid`, or None."""
         return self._by_nsid.get(nsid)
 
     def of(self, ifindex):
-        """The Owner of an interface, or None (not a veth or netkit, its peer here, or nobody's we know)."""
+        """The Owner of an interface, or None (not a veth or netkit, its peer here, or nobody's we know). An
+        interface whose peer's namespace nobody owned is looked up again only once the state changed: a report
+        over hundreds of veths then costs a few stat calls, not a netlink request each."""
         if ifindex in self._interfaces:
             return self._interfaces[ifindex]
-        try:
-            found = netlink.link(ifindex)
-        except ProbeError:
-            return None  # gone
-        if found is None or found.kind not in PEERED_KINDS:
-            self._interfaces[ifindex] = None
+        if ifindex in self._unowned:
+            if not self.refresh(resolve=False):
+                return None
+            nsid = self._unowned[ifindex]
+        else:
+            try:
+                found = netlink.link(ifindex)
+            except ProbeError:
+                return None  # gone
+            if found is None or found.kind not in PEERED_KINDS:
+                self._interfaces[ifindex] = None
+                return None
+            if found.link_netnsid is None:
+                return None  # its peer is still here: a runtime moves it into the pod after making the pair
+            nsid = found.link_netnsid
+            # A new interface: the namespace ids of containers gone since may have been given again.
+            self.refresh()
+        owner = self.by_nsid(nsid)
+        if owner is None:
+            self._unowned[ifindex] = nsid
             return None
-        if found.link_netnsid is None:
-            return None  # its peer is still here: a runtime moves it into the pod after making the pair
-        # A new interface: the namespace ids of containers gone since may have been given again.
-        self.refresh()
-        owner = self.by_nsid(found.link_netnsid)
-        if owner is not None:
-            log.debug("%s: %s %s%s (%s)", found.name, owner.kind, owner.namespace + "/" if owner.namespace else "",
-                      owner.name, owner.runtime)
-            self._interfaces[ifindex] = owner
+        self._unowned.pop(ifindex, None)
+        log.debug("%s: %s %s%s (%s)", ifindex, owner.kind, owner.namespace + "/" if owner.namespace else "",
+                  owner.name, owner.runtime)
+        self._interfaces[ifindex] = owner
         return owner
 
     def forget(self, ifindex):
         """Forget a vanished interface (its ifindex may come back, another's)."""
         self._interfaces.pop(ifindex, None)
+        self._unowned.pop(ifindex, None)

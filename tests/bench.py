@@ -78,7 +78,8 @@ TALKER_CAPACITY = 3 * 4096
 TALKER_HOOKS = (("XDP", ("rx", "xdp"), "lru_xdp", "rx"), ("TC ingress", ("rx", "tc"), "lru_in", "rx"),
                 ("TC egress", ("tx", "tc"), "lru_tx", "tx"))
 
-# The floor the probe's start is measured against: start Python, open libbpf, load the same object; no more.
+# The floor the probe's start is measured against: start Python, open libbpf, load the same object as the probe
+# without talkers does (its programs but those named in argv[2], the maps named in argv[3] of one entry); no more.
 BARE_LOAD_SCRIPT = '''\
 import ctypes
 import sys
@@ -86,11 +87,21 @@ import sys
 lib = ctypes.CDLL("libbpf.so.1")
 lib.bpf_object__open_mem.restype = ctypes.c_void_p
 lib.bpf_object__open_mem.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p]
+lib.bpf_object__find_program_by_name.restype = ctypes.c_void_p
+lib.bpf_object__find_program_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+lib.bpf_program__set_autoload.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+lib.bpf_object__find_map_by_name.restype = ctypes.c_void_p
+lib.bpf_object__find_map_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+lib.bpf_map__set_max_entries.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
 lib.bpf_object__load.argtypes = [ctypes.c_void_p]
 lib.bpf_object__close.argtypes = [ctypes.c_void_p]
 with open(sys.argv[1], "rb") as f:
     data = f.read()
 obj = lib.bpf_object__open_mem(data, len(data), None)
+for name in filter(None, sys.argv[2].split(",")):
+    lib.bpf_program__set_autoload(lib.bpf_object__find_program_by_name(obj, name.encode()), False)
+for name in filter(None, sys.argv[3].split(",")):
+    lib.bpf_map__set_max_entries(lib.bpf_object__find_map_by_name(obj, name.encode()), 1)
 if not obj or lib.bpf_object__load(obj) < 0:
     sys.exit("bare load: libbpf could not load %s" % sys.argv[1])
 sys.stdout.write("loaded\\n")
@@ -276,9 +287,10 @@ def measure_talkers(engine, lru_object, rounds, repeat):
 # ---- 5. load to attached, per engine ----------------------------------------------------------------------
 
 def load_and_attach(engine, data, interface):
-    """Seconds from the object's bytes to the program attached: load, then a bpf_link."""
+    """Seconds from the object's bytes to the program attached: load as the probe does without talkers (its plain
+    programs, the peer maps of one entry), then a bpf_link."""
     started = time.perf_counter()
-    obj = engine.load_bytes(data)
+    obj = engine.load_bytes(data, max_entries=talkers.max_entries(0), programs=set(layout.PROGRAMS.values()))
     attached = xdp.attach_xdp(obj.program(layout.PROGRAM).fd, interface)
     elapsed = time.perf_counter() - started
     attached.close()
@@ -370,7 +382,8 @@ def start_commands(python, probe_argv, interface, bare_script):
     """The three commands timed with one interpreter: the empty start, the bare load, the probe."""
     return {
         "python -c pass": [python, "-c", "pass"],
-        "bare load script": [python, bare_script, OBJECT_FILE],
+        "bare load script": [python, bare_script, OBJECT_FILE, ",".join(layout.PEER_PROGRAMS.values()),
+                             ",".join(talkers.max_entries(0))],
         "probe": [python] + probe_argv + ["-i", interface, "--count", "1", "--interval", "0"],
     }
 
