@@ -14,7 +14,7 @@ PYZ        := dist/kubenetprobe.pyz
 IMAGE      := dist/kubenetprobe-image.tar
 APT_PACKAGES := clang llvm gcc libc6-dev libbpf-dev libbpf1 bpftool iproute2 iputils-ping python3-venv ethtool debootstrap procps python3 netsniff-ng prometheus prometheus-node-exporter \
 		podman runc netavark aardvark-dns catatonit golang-github-containers-common iptables
-TOOLS      := $(CLANG) $(STRIP) gcc bpftool ip ping ethtool debootstrap podman runc
+TOOLS      := $(CLANG) $(STRIP) gcc bpftool ip ping ethtool debootstrap
 
 .PHONY: all deps ensure-deps build-ebpf build image test test-unit test-integration run bench fuzz clean
 
@@ -57,6 +57,9 @@ build: ensure-deps $(PYZ)
 
 $(PYZ): $(OBJ) $(shell find probe -name "*.py") build_zipapp.py
 	$(VPY) build_zipapp.py --output $@
+
+# Only the image and the container tests need a container runtime: `make run` does not install one.
+image test test-integration: TOOLS += podman runc
 
 # The OCI image (podman, as root): the pyz on Python and libbpf from Debian packages, no shell; cached by content.
 image: build

@@ -13,7 +13,7 @@ from probe import layout, stats, talkers
 from probe.attach import tc, xdp
 from probe.bpf import log
 from probe.bpf.engine import LOADERS
-from probe.bpf.objects import Map, possible_cpus
+from probe.bpf.objects import Map, ncpus
 from probe.errors import ProbeError
 from probe.follow import Follower, has_pattern
 from probe.monitor import HOOKS, NetworkMonitor
@@ -107,9 +107,9 @@ def _capacity(text):
 
 def _talkers_memory():
     """What the default peer tables take here, for --help."""
-    ncpus = possible_cpus()
+    cpus = ncpus()
     return "%.1f MiB for %d peers on this machine's %d CPUs" % (
-        talkers.memory_bytes(layout.PEERS_DEFAULT, ncpus) / float(1 << 20), layout.PEERS_DEFAULT, ncpus)
+        talkers.memory_bytes(layout.PEERS_DEFAULT, cpus) / float(1 << 20), layout.PEERS_DEFAULT, cpus)
 
 
 def parser():

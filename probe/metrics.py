@@ -1,7 +1,6 @@
 """The probe's counters as Prometheus metric families: per interface, direction and protocol, what is attached
 where, and what the probe itself costs."""
 import collections
-import copy
 import os
 
 import probe
@@ -9,6 +8,7 @@ from probe import layout
 from probe.bpf import syscall
 from probe.errors import KernelError
 from probe.prometheus import Family, process_families
+from probe.reports import sum_tree
 
 _L3_HELP = "Packets counted by L3 protocol (ipv4, ipv6, arp, other), exactly, as wire frames."
 _L4_HELP = "Packets counted by L4 protocol (tcp, udp, icmp, icmpv6, other) of IPv4 and IPv6 packets."
@@ -46,14 +46,6 @@ def owner_labels(owner):
     return {"container": owner.name}
 
 
-def _add(total, counts):
-    """Add a direction's counters into a running sum of the same shape."""
-    for level in ("l3", "l4"):
-        for name, c in counts[level].items():
-            for unit in ("packets", "bytes"):
-                total[level][name][unit] += c[unit]
-
-
 def _series(monitor, counters, owned, group):
     """[(labels, a direction's counters)] of every interface; with owned ({ifindex: Owner or None}), labelled
     with its pod or container; with group, the interfaces of one owner summed into one series whose interface
@@ -69,12 +61,8 @@ def _series(monitor, counters, owned, group):
             if owned is not None:
                 labels.update(owner_labels(owner))
             labels["direction"] = direction
-            key = tuple(labels.items())
-            if key in series:
-                _add(series[key][1], counts)
-            else:
-                series[key] = (labels, copy.deepcopy(counts) if group else counts)
-    return list(series.values())
+            series.setdefault(tuple(labels.items()), (labels, []))[1].append(counts)
+    return [(labels, members[0] if len(members) == 1 else sum_tree(members)) for labels, members in series.values()]
 
 
 def families(monitor, counters, run_stats=False, owners=None, group=False):
@@ -84,7 +72,7 @@ def families(monitor, counters, run_stats=False, owners=None, group=False):
     (--group-by pod): one series per owner instead of one per interface of it."""
     l3_packets, l3_bytes, l4_packets, l4_bytes, info = [], [], [], [], []
     peer_packets, peer_bytes = [], []
-    owned = {a.ifindex: owners.of(a.ifindex) for a in monitor.attachments} if owners is not None else None
+    owned = owners.of_all([a.ifindex for a in monitor.attachments]) if owners is not None else None
     for labels, counts in _series(monitor, counters, owned, group):
         for level, names, packets, size in (("l3", layout.L3, l3_packets, l3_bytes),
                                             ("l4", layout.L4, l4_packets, l4_bytes)):

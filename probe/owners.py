@@ -237,13 +237,21 @@ class Owners(object):
         return self._by_nsid.get(nsid)
 
     def of(self, ifindex):
-        """The Owner of an interface, or None (not a veth or netkit, its peer here, or nobody's we know). An
-        interface whose peer's namespace nobody owned is looked up again only once the state changed: a report
-        over hundreds of veths then costs a few stat calls, not a netlink request each."""
+        """The Owner of an interface, or None (not a veth or netkit, its peer here, or nobody's we know)."""
+        return self.of_all([ifindex])[ifindex]
+
+    def of_all(self, indexes):
+        """{ifindex: Owner or None} of these interfaces. The state folders are checked once for them all: an
+        interface whose peer's namespace nobody owned is looked up again only once they changed, so a report
+        over hundreds of veths costs a few stat calls, not a netlink request each."""
+        changed = self.refresh(resolve=False)
+        return {ifindex: self._of(ifindex, changed) for ifindex in indexes}
+
+    def _of(self, ifindex, changed):
         if ifindex in self._interfaces:
             return self._interfaces[ifindex]
         if ifindex in self._unowned:
-            if not self.refresh(resolve=False):
+            if not changed:
                 return None
             nsid = self._unowned[ifindex]
         else:

@@ -34,7 +34,6 @@ class PinRoot(object):
 
     def __init__(self, root):
         self.path = root
-        self.map_path = os.path.join(root, layout.STATS_MAP)
         self.map_paths = {name: os.path.join(root, name) for name in layout.MAPS + layout.PEER_MAPS}
 
     def interface(self, name):

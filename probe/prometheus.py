@@ -123,6 +123,17 @@ def render(families):
     return "".join(line + "\n" for line in lines)
 
 
+_boot = []
+
+
+def _boot_time():
+    """The system's boot time (btime of /proc/stat, read once: the file is large on a big node, and it stays)."""
+    if not _boot:
+        with open("/proc/stat") as f:
+            _boot.append(next(int(line.split()[1]) for line in f if line.startswith("btime ")))
+    return _boot[0]
+
+
 def process_families():
     """This process's process_* families, as Prometheus' client libraries export them, read from /proc."""
     with open("/proc/self/stat") as f:
@@ -133,8 +144,6 @@ def process_families():
     def field(number):  # numbered as in proc(5): the first after the name, the state, is 3
         return int(fields[number - 3])
 
-    with open("/proc/stat") as f:
-        boot_time = next(int(line.split()[1]) for line in f if line.startswith("btime "))
     ticks = os.sysconf("SC_CLK_TCK")
     return [
         Family("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
@@ -143,7 +152,7 @@ def process_families():
                [({}, field(24) * os.sysconf("SC_PAGE_SIZE"))]),
         Family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", [({}, field(23))]),
         Family("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.",
-               [({}, boot_time + field(22) / ticks)]),
+               [({}, _boot_time() + field(22) / ticks)]),
         Family("process_open_fds", "gauge", "Number of open file descriptors.",
                [({}, len(os.listdir("/proc/self/fd")))]),
         Family("process_max_fds", "gauge", "Maximum number of open file descriptors.",

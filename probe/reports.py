@@ -36,16 +36,20 @@ class Reporter(object):
         now, wall = time.monotonic(), time.time()
         self.monitor.count_talkers()  # the peers' counts of the interval, taken before the totals
         counted = self.monitor.packet_stats()
-        out = [self._report(a, final, counted[a.interface], now, wall) for a in self.monitor.attachments]
+        owned = self._owners([a.ifindex for a in self.monitor.attachments])
+        out = [self._report(a, final, counted[a.interface], now, wall, owned) for a in self.monitor.attachments]
         self._last = now
         return out
 
     def report(self, a, final=False):
         """The report of one interface, read now; the final one forgets it (its ifindex may come back,
         another's)."""
-        return self._report(a, final, self._counters(a), time.monotonic(), time.time())
+        return self._report(a, final, self._counters(a), time.monotonic(), time.time(), self._owners([a.ifindex]))
 
-    def _report(self, a, final, counters, now, wall):
+    def _owners(self, indexes):
+        return self.owners.of_all(indexes) if self.owners is not None else None
+
+    def _report(self, a, final, counters, now, wall, owned):
         # An interface attached since the last report started from zero.
         before_time, before = self._previous.get(a.ifindex) or (self._last, {d: _ZERO for d in counters})
         if final:
@@ -67,8 +71,8 @@ class Reporter(object):
             "reloads": a.reloads,
             "final": final,
         }
-        if self.owners is not None:
-            owner = self.owners.of(a.ifindex)
+        if owned is not None:
+            owner = owned[a.ifindex]
             report["owner"] = owner and owner.json()
             if final:
                 self.owners.forget(a.ifindex)
@@ -88,12 +92,11 @@ def _with_rates(counts, before, seconds):
             "l3": counts["l3"], "l4": counts["l4"]}
 
 
-def _sum(reports, key):
-    """The sum of a value, or of a tree of dicts of values, over reports."""
-    first = reports[0][key]
-    if isinstance(first, dict):
-        return {k: _sum([r[key] for r in reports], k) for k in first}
-    return sum(r[key] for r in reports)
+def sum_tree(values):
+    """The sum of values, or of trees of dicts of values of one shape (a direction's counters)."""
+    if isinstance(values[0], dict):
+        return {k: sum_tree([v[k] for v in values]) for k in values[0]}
+    return sum(values)
 
 
 def by_owner(reports):
@@ -113,6 +116,7 @@ def by_owner(reports):
                      interfaces=[r["interface"] for r in members], final=all(r["final"] for r in members))
         for direction in layout.DIRECTIONS:
             if all(direction in r for r in members):
-                group[direction] = _sum(members, direction) if len(members) > 1 else members[0][direction]
+                group[direction] = (sum_tree([r[direction] for r in members]) if len(members) > 1
+                                    else members[0][direction])
         out.append(group)
     return out

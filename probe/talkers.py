@@ -7,9 +7,9 @@ count in the other table (a map-in-map update), then reads that table, now touch
 Every count therefore lands in exactly one read. A retired peer's counts move to its interface direction's
 retired sum, reported in `other`: peers + other = the l3 ipv4 + ipv6 counters at all times the traffic is still.
 """
+import _socket  # not socket: its import (and selectors') would be paid at every start
 import errno
 import os
-import socket
 import time
 
 from probe import layout
@@ -45,8 +45,8 @@ def max_entries(capacity):
 def address_text(addr):
     """The text of a peer's 16-byte address: IPv4 for a mapped one."""
     if addr[:12] == layout.IPV4_MAPPED:
-        return socket.inet_ntop(socket.AF_INET, addr[12:])
-    return socket.inet_ntop(socket.AF_INET6, addr)
+        return _socket.inet_ntop(_socket.AF_INET, addr[12:])
+    return _socket.inet_ntop(_socket.AF_INET6, addr)
 
 
 def _sum(values):
@@ -75,6 +75,7 @@ class Talkers(object):
 
     def __init__(self, obj):
         self.held = {}  # the tables' key (id, address) -> Peer
+        self._groups = None  # held by interface direction (peer id): [(key, Peer)], made by top() once a cycle
         self.retired = {}  # peer id -> [packets, bytes] of the peers retired
         self.interval = 0.0  # seconds the last interval's counts span
         self._swapped = None  # monotonic time of the last swap
@@ -179,6 +180,7 @@ class Talkers(object):
         """Swap the tables and take the last interval's counts; retire idle peers, swapping again if any was so
         that their room is free at once; read the `other` counters of `slots`, [(slot, direction)]. Returns the
         number retired."""
+        self._groups = None
         now = time.monotonic()
         self.interval = now - self._swapped if self._swapped is not None else 0.0
         self._swapped = now
@@ -196,8 +198,10 @@ class Talkers(object):
             self._drain(self.tables[1 - self.live])
         retired = len(self._gone)
         self._save_base()
-        for slot, direction in slots:
-            packets, nbytes = _sum(self.other_map.lookup(layout.key(slot, direction)))
+        keys = {(slot, direction): layout.key(slot, direction) for slot, direction in slots}
+        values = self.other_map.lookup_many(keys.values())  # batched, as the counters are
+        for (slot, direction), key in keys.items():
+            packets, nbytes = _sum(values[key])
             before = self._other.get((slot, direction), (0, 0))
             self._other[slot, direction] = (packets, nbytes, packets - before[0], nbytes - before[1])
         return retired
@@ -213,11 +217,7 @@ class Talkers(object):
         """Write what the base map must hold for a next run: the held peers that counted, the retired sums."""
         gone, self._gone = self._gone, []
         for key in gone:
-            try:
-                self.base_map.delete(key)
-            except KernelError as e:
-                if e.errno != errno.ENOENT:
-                    raise
+            self._delete_base(key)
         for key, peer in self.held.items():
             if peer.last_packets:
                 self.base_map.update(key, layout.COUNTER.pack(peer.packets, peer.bytes))
@@ -229,6 +229,7 @@ class Talkers(object):
         """Drop an interface's peers: called once no program counts there (its slot taken back), so that its
         entries in either table, which nothing writes any more, can go."""
         syscall.wait_for_programs(*self._barrier)
+        self._groups = None
         ids = {layout.peer_id(ifindex, d) for d in layout.DIRECTIONS}
         for table in self.tables:
             for key in [k for k in table.keys() if layout.PEER_KEY.unpack(k)[0] in ids]:
@@ -259,8 +260,11 @@ class Talkers(object):
         first counted), and `other` for every count not among them, as of the last cycle(), as report entries:
         [{"address", "packets", "bytes", "pps", "bps"}, ..., {"address": "other", ...}]."""
         peer_id = layout.peer_id(ifindex, direction)
-        mine = [(key, peer) for key, peer in self.held.items() if layout.PEER_KEY.unpack(key)[0] == peer_id]
-        mine.sort(key=lambda kp: (-kp[1].last_bytes, -kp[1].bytes, kp[0]))
+        if self._groups is None:  # every interface direction asks, each report and scrape: group the peers once
+            self._groups = {}
+            for key, peer in self.held.items():
+                self._groups.setdefault(layout.PEER_KEY.unpack(key)[0], []).append((key, peer))
+        mine = sorted(self._groups.get(peer_id, ()), key=lambda kp: (-kp[1].last_bytes, -kp[1].bytes, kp[0]))
         packets, nbytes, last_packets, last_bytes = self._other.get((slot, direction), (0, 0, 0, 0))
         retired = self.retired.get(peer_id, (0, 0))  # idle when retired: no part of the last interval's
         other = [packets + retired[0], nbytes + retired[1], last_packets, last_bytes]

@@ -132,8 +132,8 @@ class FixedOwners(object):
         self.by_index = by_index
         self.forgotten = []
 
-    def of(self, ifindex):
-        return self.by_index.get(ifindex)
+    def of_all(self, indexes):
+        return {ifindex: self.by_index.get(ifindex) for ifindex in indexes}
 
     def forget(self, ifindex):
         self.forgotten.append(ifindex)

@@ -39,16 +39,20 @@ class LinkAttachment(object):
     on SIGKILL, unless the link is pinned."""
 
     fd = None
+    program_id = None
 
-    @property
-    def program_id(self):
-        return syscall.link_info(self.fd).prog_id
+    def _hold(self, fd):
+        """Keep the link's fd and the id of the program it runs, read once: only update() changes it, and
+        reports ask for it every interval."""
+        self.fd = fd
+        self.program_id = syscall.link_info(fd).prog_id
 
     def update(self, new_prog_fd):
         """Swap in another program, atomically: no packet passes the hook without one of them (only if the link
         still runs ours, where the running program can be opened)."""
         with program_fd(self.program_id) as old_prog_fd:
             syscall.link_update(self.fd, new_prog_fd, old_prog_fd)
+        self.program_id = syscall.prog_info(new_prog_fd).id
 
     def close(self, keep=False):
         """Detach the program, unless the link is pinned (`keep` is for the pinning's sake)."""

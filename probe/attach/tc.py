@@ -58,7 +58,7 @@ class TcxLink(LinkAttachment, TcAttachment):
 
     def __init__(self, fd, interface, index, direction):
         TcAttachment.__init__(self, interface, index, direction, "link")
-        self.fd = fd
+        self._hold(fd)
 
 
 class NetlinkTc(TcAttachment):

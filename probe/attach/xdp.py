@@ -65,7 +65,7 @@ class XdpLink(LinkAttachment, XdpAttachment):
 
     def __init__(self, fd, interface, index, mode):
         XdpAttachment.__init__(self, interface, index, mode, "link")
-        self.fd = fd
+        self._hold(fd)
 
 
 class NetlinkXdp(XdpAttachment):

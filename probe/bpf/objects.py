@@ -28,7 +28,8 @@ def possible_cpus(path="/sys/devices/system/cpu/possible"):
     return count
 
 
-def _ncpus():
+def ncpus():
+    """possible_cpus() of this machine, read once."""
     global _possible_cpus
     if _possible_cpus is None:
         _possible_cpus = possible_cpus()
@@ -51,7 +52,7 @@ class Map(object):
         self.value_size = info.value_size
         self.max_entries = info.max_entries
         self.flags = info.map_flags
-        self.ncpus = _ncpus() if self.type in PERCPU_MAP_TYPES else 0
+        self.ncpus = ncpus() if self.type in PERCPU_MAP_TYPES else 0
         # The kernel hands a per-CPU value over as one slot per CPU, each padded to 8 bytes.
         self._stride = (self.value_size + 7) & ~7
         self._batch = True  # until the kernel says it has no batched lookup for this map

@@ -251,9 +251,7 @@ def wait_for_programs(outer_fd, inner_fd):
     """Return once every BPF program that was running has finished: updating a map-in-map (outer_fd, an
     ARRAY_OF_MAPS of one entry made with inner_fd as its template) waits out an RCU grace period, so that user
     space knows no program still uses what it saw before (kernel/bpf/syscall.c, maybe_wait_bpf_programs)."""
-    fd = ctypes.c_uint32(inner_fd)
-    k = ctypes.c_uint32(0)
-    bpf(BPF_MAP_UPDATE_ELEM, MapElemAttr(map_fd=outer_fd, key=ctypes.addressof(k), value=ctypes.addressof(fd)))
+    map_update(outer_fd, bytes(ctypes.c_uint32(0)), bytes(ctypes.c_uint32(inner_fd)))
 
 
 def map_freeze(map_fd):
@@ -358,7 +356,7 @@ def detach_xdp_links(ifindex, prog_id):
             raise
         attr.id = attr.next_id
         try:
-            fd = bpf(BPF_LINK_GET_FD_BY_ID, GetIdAttr(id=attr.id))
+            fd = link_fd_by_id(attr.id)
         except KernelError:
             continue  # gone meanwhile
         try:
@@ -372,11 +370,9 @@ def detach_xdp_links(ifindex, prog_id):
 
 def link_update(link_fd, new_prog_fd, old_prog_fd=None):
     """Swap the program a link runs, atomically: if it still runs old_prog_fd, unless that is None."""
-    if old_prog_fd is None:
-        bpf(BPF_LINK_UPDATE, LinkUpdateAttr(link_fd=link_fd, new_prog_fd=new_prog_fd))
-    else:
-        bpf(BPF_LINK_UPDATE, LinkUpdateAttr(link_fd=link_fd, new_prog_fd=new_prog_fd, flags=BPF_F_REPLACE,
-                                            old_prog_fd=old_prog_fd))
+    bpf(BPF_LINK_UPDATE, LinkUpdateAttr(link_fd=link_fd, new_prog_fd=new_prog_fd,
+                                        flags=0 if old_prog_fd is None else BPF_F_REPLACE,
+                                        old_prog_fd=old_prog_fd or 0))
 
 
 def obj_pin(fd, path):

@@ -131,6 +131,5 @@ def _error(err, msg, msg_flags):
         except ProbeError:
             pass  # a damaged reason: the errno alone still says what failed
     if reason:
-        return KernelError("%s (%s)" % (os.strerror(err), reason.rstrip(b"\0").decode("utf-8", "replace")),
-                           errno=err)
+        return KernelError("%s (%s)" % (os.strerror(err), string(reason)), errno=err)
     return KernelError(os.strerror(err), errno=err)
