@@ -66,6 +66,13 @@ struct knp_class {
 
 /* Step over the next `len` bytes; 0 when the data is shorter. A flag, not a pointer that may be NULL: the
  * compiler then has no NULL to test for, nor to fold into a pointer difference the verifier refuses. */
+/* Add `packets` frames of `bytes` in all to a counter. */
+static __always_inline void count(struct knp_counter *counter, __u64 packets, __u64 bytes)
+{
+	counter->packets += packets;
+	counter->bytes += bytes;
+}
+
 static __always_inline int take(struct cursor *c, __u32 len)
 {
 	if (c->pos + len > c->end)

@@ -15,8 +15,6 @@
 #define KNP_TC_PULL_LEN 256
 #endif
 
-#define VLAN_HLEN 4
-
 /* ifindex -> slot (0: not followed). An array: the verifier inlines its lookups, where a hash lookup is a call. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -46,12 +44,6 @@ static __always_inline struct knp_stats *stats_of(__u32 ifindex, __u32 direction
 		return NULL;
 	key = KNP_STATS_KEY(*slot, direction);
 	return bpf_map_lookup_elem(&knp_stats, &key);
-}
-
-static __always_inline void count(struct knp_counter *counter, __u64 packets, __u64 bytes)
-{
-	counter->packets += packets;
-	counter->bytes += bytes;
 }
 
 /* Add `packets` wire frames of `bytes` in all to the frame's l3 counters and, if it is IP, to its l4 counters. */
@@ -98,9 +90,9 @@ int kubenetprobe_rx(struct xdp_md *ctx)
 static __always_inline __u32 headers_len(__be16 protocol)
 {
 	if (protocol == bpf_htons(ETH_P_IP))
-		return ETH_HLEN + sizeof(struct iphdr) + 8;
+		return ETH_HLEN + sizeof(struct iphdr) + ICMP_HDR_LEN;
 	if (protocol == bpf_htons(ETH_P_IPV6))
-		return ETH_HLEN + sizeof(struct ipv6hdr) + 8;
+		return ETH_HLEN + sizeof(struct ipv6hdr) + ICMPV6_HDR_LEN;
 	return ETH_HLEN + sizeof(struct iphdr);
 }
 
@@ -132,7 +124,7 @@ static __always_inline int count_skb(struct __sk_buff *skb, __u32 direction, int
 	/* A GSO or GRO skb stands for gso_segs wire frames, each carrying the headers again: skb->len (from the
 	 * Ethernet header on) counts them once, as the kernel's qdisc_pkt_len_init adds the rest. */
 	segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
-	bytes = skb->len + (__u64)(segs - 1) * cls.hdr_len + (__u64)segs * tags * VLAN_HLEN;
+	bytes = skb->len + (__u64)(segs - 1) * cls.hdr_len + (__u64)segs * tags * sizeof(struct vlan_hdr);
 	count_class(&cls, segs, bytes);
 	if (talkers)
 		count_peer(skb->ifindex, direction, &cls, c.end, segs, bytes);

@@ -54,11 +54,12 @@ struct knp_stats {
 	struct knp_counter l4[KNP_L4_MAX];
 };
 
-/* Top talkers (issue 11): per-peer counters, counted only by the *_peers programs (kubenetprobe_xp, _ip, _tp), which
- * the probe attaches instead of the plain ones when asked for talkers; the plain programs never touch these maps.
+/* Top talkers: per-peer counters, counted only by the talker programs (kubenetprobe_xp, _ip, _tp), which the probe
+ * attaches instead of the plain ones when asked for talkers; the plain programs never touch these maps.
  *
  * A peer is an interface's direction and an address: rx counts the source address, tx the destination; IPv4 as
- * IPv4-mapped IPv6 (::ffff:a.b.c.d). Keyed by ifindex, not slot, so that the common path needs no slot lookup.
+ * IPv4-mapped IPv6 (::ffff:a.b.c.d). Keyed by ifindex, not slot: a slot given to another interface never meets
+ * the peers of the one that had it.
  * Two tables, a and b, per-CPU hashes of a fixed capacity (preallocated: the memory is taken at load, never
  * grown): the programs count in the one knp_peer_live names, and never delete. User space swaps them: it puts
  * the peers it keeps into the idle table (zeroed), names it live, waits for every program that may still count

@@ -63,8 +63,7 @@ static __always_inline int count_in(void *table, struct knp_peer_key *key, __u64
 		if (!counter)
 			return 0;
 	}
-	counter->packets += packets;
-	counter->bytes += bytes;
+	count(counter, packets, bytes);
 	return 1;
 }
 
@@ -115,8 +114,7 @@ other:
 	other = bpf_map_lookup_elem(&knp_peer_other, &zero);
 	if (!other)
 		return;
-	other->packets += packets;
-	other->bytes += bytes;
+	count(other, packets, bytes);
 }
 
 #endif

@@ -28,11 +28,11 @@ from probe.bpf.objects import Map
 from probe.errors import KernelError, ProbeError
 from probe.net import rtnetlink
 from probe.net import tc as tc_requests
+from traffic import COUNTER
 
 OWNER = "knptest"
 PROGRAM = OWNER + "_count"
 OTHER = "other_count"
-COUNTER = struct.Struct("=QQ")  # struct counter of tc_count.bpf.c: packets, bytes
 TCX = {"ingress": BPF_TCX_INGRESS, "egress": BPF_TCX_EGRESS}
 METHODS = ("link", "netlink")
 DIRECTIONS = ("ingress", "egress")
@@ -66,9 +66,9 @@ for _ in range(count - 1):
 
 @pytest.fixture(scope="module")
 def objects(tmp_path_factory):
-    """Compiled tc_count.bpf.c: "ours" (named PROGRAM), "other" (named OTHER), "final" (PROGRAM, ends the hook)."""
+    """Compiled count.bpf.c: "ours" (named PROGRAM), "other" (named OTHER), "final" (PROGRAM, ends the hook)."""
     folder = tmp_path_factory.mktemp("tc")
-    source = bpf_source("tc_count.bpf.c")
+    source = bpf_source("count.bpf.c")
     return {"ours": str(compile_bpf(folder, source)),
             "other": str(compile_bpf(folder, "#define PROGRAM %s\n%s" % (OTHER, source))),
             "final": str(compile_bpf(folder, "#define VERDICT TC_ACT_OK\n%s" % source))}
@@ -97,7 +97,7 @@ def loaded(engine, path, reuse=None):
 
 
 def counted(counts_map):
-    """(packets, bytes) a tc_count program counted into its map."""
+    """(packets, bytes) a count.bpf.c program counted into its map."""
     return COUNTER.unpack(counts_map.lookup(bytes(4)))
 
 

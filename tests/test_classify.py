@@ -19,7 +19,7 @@ from frames import (AH, DSTOPTS, ETH_ARP, ETH_IP, ETH_IPV6, ETH_LLDP, FRAGMENT, 
                     IPIP, NONXT, ROUTING, TCP, UDP, VLAN_AD, VLAN_Q, arp, ether, icmp, ipv4, ipv6, ipv6_chain,
                     tcp, udp)
 from netns import TCP_SERVER, settle, sniff_sent
-from traffic import delta, link_stats
+from traffic import COUNTER, delta, link_stats
 from probe import layout, stats
 from probe.attach import tc
 from probe.bpf import syscall
@@ -388,7 +388,6 @@ def test_skb_of_no_more_than_one_segment_counts_once(obj, tc_hook, gso_segs):
 # ------------------------------------------------------------------------ the TC programs on real skbs (root)
 
 CLONE_NEWNET = 0x40000000
-TC_COUNT = struct.Struct("=QQ")  # struct counter of tests/bpf/tc_count.bpf.c: packets, bytes (skbs, not frames)
 # Frames the kernel drops on receive before any TC program sees them: the VLAN tag it takes off into
 # skb->vlan_tci (skb_vlan_untag) needs 6 bytes after the Ethernet header. XDP, which runs first, counts them.
 DROPPED_BEFORE_TC_INGRESS = {"8021q-tag-cut-to-2-bytes", "8021q-tag-missing-14-byte-frame"}
@@ -476,9 +475,9 @@ def totals(counters):
 
 @pytest.fixture
 def skbs_counted(probe_side, engine, tmp_path):
-    """{hook: the counts map of a program that counts skbs, not frames (tests/bpf/tc_count.bpf.c)} on both hooks of
+    """{hook: the counts map of a program that counts skbs, not frames (tests/bpf/count.bpf.c)} on both hooks of
     the probe's interface."""
-    path = str(compile_bpf(tmp_path, bpf_source("tc_count.bpf.c")))
+    path = str(compile_bpf(tmp_path, bpf_source("count.bpf.c")))
     counters, links = {}, []
     try:
         for hook in ("ingress", "egress"):
@@ -523,7 +522,7 @@ def test_gso_and_gro_count_the_frames_on_the_wire(counting, obj, skbs_counted):
     assert totals(tx) == sent_by_probe() and totals(tx["l4"]["tcp"]) == totals(tx)
     # Fewer skbs than frames passed each hook: the counts above are of GRO and GSO packets.
     for hook, frames in (("ingress", rx["packets"]), ("egress", tx["packets"])):
-        skbs = TC_COUNT.unpack(skbs_counted[hook].lookup(bytes(4)))[0]
+        skbs = COUNTER.unpack(skbs_counted[hook].lookup(bytes(4)))[0]
         assert skbs < frames / 2, "%s: %d skbs for %d frames" % (hook, skbs, frames)
 
 
@@ -579,7 +578,7 @@ def test_udp_gso_counts_the_frames_on_the_wire(probe_side, engine, obj, skbs_cou
     tx = read_counters(obj, "tx", pair.index)
     assert packets == 10 * 8
     assert totals(tx) == totals(tx["l4"]["udp"]) == (packets, size + (4 * packets if tagged else 0))
-    skbs = TC_COUNT.unpack(skbs_counted["egress"].lookup(bytes(4)))[0]
+    skbs = COUNTER.unpack(skbs_counted["egress"].lookup(bytes(4)))[0]
     assert skbs == 10, "%d skbs for %d frames" % (skbs, packets)
 
 

@@ -29,12 +29,12 @@ BULK = 8 << 20  # bytes of a bulk TCP transfer
 @pytest.fixture(scope="module")
 def objects(tmp_path_factory):
     """Other tools' counting programs: "tcx" (held as TCX links), "filter" (tc's own cls_bpf filter), both
-    tests/bpf/tc_count.bpf.c, returning TC_ACT_UNSPEC; and "xdp", tests/bpf/xdp_count.bpf.c, returning XDP_PASS."""
+    tests/bpf/count.bpf.c, returning TC_ACT_UNSPEC; and "xdp", the same at XDP, returning XDP_PASS."""
     folder = tmp_path_factory.mktemp("directions")
-    tc_count = bpf_source("tc_count.bpf.c")
-    return {"tcx": compile_bpf(folder, "#define PROGRAM other_count\n" + tc_count),
-            "filter": compile_bpf(folder, "#define PROGRAM filter_count\n" + tc_count),
-            "xdp": compile_bpf(folder, bpf_source("xdp_count.bpf.c"))}
+    count = bpf_source("count.bpf.c")
+    return {"tcx": compile_bpf(folder, "#define PROGRAM other_count\n" + count),
+            "filter": compile_bpf(folder, "#define PROGRAM filter_count\n" + count),
+            "xdp": compile_bpf(folder, "#define HOOK_XDP\n" + count)}
 
 
 def probe_stats(pair):

@@ -33,7 +33,7 @@ ETH_HLEN = 14
 # A TCP segment's headers on these pairs: Ethernet, IPv4 and TCP with the timestamp option (20 + 12 bytes).
 TCP_HEADERS = ETH_HLEN + 20 + 32
 CLONE_NEWNET = 0x40000000
-COUNTER = struct.Struct("=QQ")  # struct counter of tests/bpf/tc_count.bpf.c and xdp_count.bpf.c
+COUNTER = struct.Struct("=QQ")  # struct counter of tests/bpf/count.bpf.c
 
 # Counts what crosses an interface, each way, until SIGTERM: {"sent": [packets, bytes], "received": [...],
 # "drops": n}. A VLAN tag the stack took off a received frame (PACKET_AUXDATA says so) was on the wire: its 4 bytes
@@ -419,7 +419,7 @@ def xdp_program(ns, ifname):
 
 
 def counted(prog_id):
-    """(packets, bytes) a counting program of tests/bpf/ (tc_count, xdp_count), by its id, counted so far."""
+    """(packets, bytes) a counting program of tests/bpf/ (count.bpf.c), by its id, counted so far."""
     map_id = json.loads(sh(tool("bpftool"), "-j", "prog", "show", "id", str(prog_id)).stdout)["map_ids"][0]
     fd = syscall.bpf(BPF_MAP_GET_FD_BY_ID, syscall.GetIdAttr(id=map_id))
     try:
