@@ -17,7 +17,6 @@ Targets are printed beside the figures as "ok" or "over"; the exit status is 0 w
 import argparse
 import ast
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -44,7 +43,6 @@ from probe.bpf.native import NativeEngine  # noqa: E402
 import linerate  # noqa: E402
 import scale  # noqa: E402
 
-OBJECT_FILE = os.path.join(ROOT, "probe", "_bytecode", "kubenetprobe.bpf.o")
 XDP_PASS, TC_ACT_OK, TC_ACT_UNSPEC = 2, 0, 0xFFFFFFFF  # TC_ACT_UNSPEC (-1) as the test run's u32 retval
 # The probe's programs measured: (hook, layout.PROGRAMS key, program type of its floors, verdicts that let a
 # packet through).
@@ -52,7 +50,6 @@ HOOKS = (("XDP", ("rx", "xdp"), BPF_PROG_TYPE_XDP, (XDP_PASS,)),
          ("TC ingress", ("rx", "tc"), BPF_PROG_TYPE_SCHED_CLS, (TC_ACT_OK, TC_ACT_UNSPEC)),
          ("TC egress", ("tx", "tc"), BPF_PROG_TYPE_SCHED_CLS, (TC_ACT_OK, TC_ACT_UNSPEC)))
 KB, MB = 1000, 1000 * 1000
-CLONE_NEWNET = 0x40000000
 LOOPBACK_IFINDEX = 1  # the device of BPF_PROG_TEST_RUN's context when it names none (net/bpf/test_run.c)
 VETH, PEER = "knpb0", "knpb1"
 RUN_TIMEOUT = 60.0  # seconds one timed command may take before the timer kills it
@@ -212,14 +209,6 @@ def interleaved_test_runs(programs, frame, rounds, repeat, passes):
     return results
 
 
-def program_of_type(obj, path, prog_type):
-    """The name of the one program of a type in an object."""
-    names = [name for name, program in obj.programs.items() if program.info().type == prog_type]
-    if len(names) != 1:
-        raise RuntimeError("%s should hold one program of type %d; it has %s" % (path, prog_type,
-                                                                                ", ".join(sorted(names)) or "none"))
-    return names[0]
-
 
 def measure_programs(engine, empty_object, minimal_object, rounds, repeat):
     """Per-packet cost of each of the probe's programs beside its hook's empty program and minimal counter, for
@@ -232,8 +221,8 @@ def measure_programs(engine, empty_object, minimal_object, rounds, repeat):
         stats.Slots.of(probe_obj).add(LOOPBACK_IFINDEX)
         for hook, key, prog_type, passes in HOOKS:
             programs = {"program": (probe_obj, layout.PROGRAMS[key]),
-                        "empty": (empty_obj, program_of_type(empty_obj, empty_object, prog_type)),
-                        "minimal": (minimal_obj, program_of_type(minimal_obj, minimal_object, prog_type))}
+                        "empty": (empty_obj, linerate.program_of_type(empty_obj, prog_type, empty_object)),
+                        "minimal": (minimal_obj, linerate.program_of_type(minimal_obj, prog_type, minimal_object))}
             rows = []
             for label, frame in FRAMES:
                 runs = interleaved_test_runs(programs, frame, rounds, repeat, passes)
@@ -311,13 +300,6 @@ def measure_engines(interface, rounds):
 
 # ---- 2 and 3. start and memory -----------------------------------------------------------------------------
 
-def setns(fd):
-    """Move this process into the network namespace open at `fd`."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "setns: %s" % os.strerror(err))
-
 
 def run_quietly(argv):
     """Run a setup command; failure raises with its stderr."""
@@ -325,12 +307,6 @@ def run_quietly(argv):
     if done.returncode != 0:
         raise RuntimeError("%s failed: %s" % (" ".join(argv), done.stderr.strip()))
 
-
-def silence_ipv6():
-    """Keep new interfaces of the current namespace from sending IPv6 neighbour discovery."""
-    for name in ("all", "default"):
-        with contextlib.suppress(OSError), open("/proc/sys/net/ipv6/conf/%s/disable_ipv6" % name, "w") as f:
-            f.write("1")
 
 
 @contextlib.contextmanager
@@ -342,18 +318,18 @@ def veth_namespace():
         run_quietly(["ip", "netns", "add", name])
         ns = os.open("/run/netns/" + name, os.O_RDONLY)
         try:
-            setns(ns)  # once, here: every command timed later starts inside, with no `ip netns exec` in front
+            linerate.setns(ns)  # once, here: every command timed later starts inside, with no `ip netns exec` in front
         finally:
             os.close(ns)
         try:
-            silence_ipv6()
+            linerate.silence_ipv6()
             run_quietly(["ip", "link", "add", VETH, "type", "veth", "peer", "name", PEER])
             run_quietly(["ip", "link", "set", VETH, "up"])
             run_quietly(["ip", "link", "set", PEER, "up"])
             yield VETH
         finally:
             subprocess.run(["ip", "link", "del", VETH], stderr=subprocess.DEVNULL)
-            setns(home)
+            linerate.setns(home)
     finally:
         subprocess.run(["ip", "netns", "del", name], stderr=subprocess.DEVNULL)
         os.close(home)
@@ -382,7 +358,7 @@ def start_commands(python, probe_argv, interface, bare_script):
     """The three commands timed with one interpreter: the empty start, the bare load, the probe."""
     return {
         "python -c pass": [python, "-c", "pass"],
-        "bare load script": [python, bare_script, OBJECT_FILE, ",".join(layout.PEER_PROGRAMS.values()),
+        "bare load script": [python, bare_script, linerate.OBJECT_FILE, ",".join(layout.PEER_PROGRAMS.values()),
                              ",".join(talkers.max_entries(0))],
         "probe": [python] + probe_argv + ["-i", interface, "--count", "1", "--interval", "0"],
     }
@@ -510,13 +486,6 @@ def evaluate_targets(figures):
     return checks
 
 
-def table(header, rows):
-    """Plain-text columns: the first left-aligned, the others right-aligned."""
-    cells = [header] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-            for r in cells]
-
 
 def rounded(value, digits=3):
     """The figures with every float rounded, for JSON a person can read."""
@@ -548,7 +517,7 @@ def report_lines(figures):
     if "scale" in figures:
         lines += ["", "8. " + "\n".join(scale.report_lines(figures["scale"]))]
     lines += ["", "targets (informational; the exit status ignores them)"]
-    lines += table(["measure", "value", "target", "status"],
+    lines += linerate.table(["measure", "value", "target", "status"],
                    [[c["what"], "%.2f %s" % (c["value"], c["unit"]), "<= %g %s" % (c["limit"], c["unit"]),
                      c["status"]] for c in figures["targets"]])
     return lines
@@ -561,7 +530,7 @@ def program_lines(p):
     for h in p["hooks"]:
         lines += ["%s: %s beside %s (empty) and %s (minimal counter, which counts IPv4 alone)" % (
             h["hook"], h["program"], h["empty"], h["minimal"])]
-        lines += table(["  frame", "bytes", "probe", "empty", "minimal", "probe/empty", "probe/minimal"],
+        lines += linerate.table(["  frame", "bytes", "probe", "empty", "minimal", "probe/empty", "probe/minimal"],
                        [["  " + f["frame"], f["frame_bytes"], "%.1f ns" % f["program_ns"], "%.1f ns" % f["empty_ns"],
                          "%.1f ns" % f["minimal_ns"], "%.2fx" % f["ratio"], "%.2fx" % f["minimal_ratio"]]
                         for f in h["frames"]])
@@ -575,7 +544,7 @@ def talker_lines(t):
     for h in t["hooks"]:
         lines += ["%s: %s beside the plain program and %s (LRU hash, IPv4 source or destination -> packets)"
                   % (h["hook"], h["program"], h["lru"])]
-        lines += table(["  peers", "plain", "talkers", "LRU", "talkers/LRU"],
+        lines += linerate.table(["  peers", "plain", "talkers", "LRU", "talkers/LRU"],
                        [["  %d" % r["peers"], "%.1f ns" % r["plain_ns"], "%.1f ns" % r["talkers_ns"],
                          "%.1f ns" % r["lru_ns"], "%.2fx" % r["lru_ratio"]] for r in h["rows"]])
     return lines
@@ -587,7 +556,7 @@ def start_lines(figures):
     for s in figures["start"]:
         lines += ["", "2-3. start and memory, python %s (%s), %d runs, probe: %s"
                   % (s["version"], s["executable"], s["runs"], figures["probe_command"])]
-        lines += table(["command", "first output", "exit", "peak RSS", "warm-up run"],
+        lines += linerate.table(["command", "first output", "exit", "peak RSS", "warm-up run"],
                        [[label, "%.1f ms" % c["first_output_ms"], "%.1f ms" % c["exit_ms"],
                          "%.1f MB" % c["peak_rss_mb"], "%.1f ms" % c["warmup_first_output_ms"]]
                         for label, c in s["commands"].items()])
@@ -599,7 +568,7 @@ def start_lines(figures):
     engines = figures["engines"]
     lines += ["", "5. load to attached (object bytes -> program on the veth), %d interleaved rounds"
               % len(next(iter(engines.values()))["rounds_ms"])]
-    lines += table(["loader", "median"], [[name, "%.1f ms" % e["median_ms"]] for name, e in engines.items()])
+    lines += linerate.table(["loader", "median"], [[name, "%.1f ms" % e["median_ms"]] for name, e in engines.items()])
     return lines
 
 
@@ -659,7 +628,7 @@ def measure_talkers_only(args):
     figures = {"machine": machine_facts(engine),
                "talkers": measure_talkers(engine, args.lru_object, args.rounds, args.repeat)}
     if args.line_rate_rounds:
-        figures["line_rate_talkers"] = linerate.measure(args.line_rate_rounds, args.line_rate_seconds, OBJECT_FILE,
+        figures["line_rate_talkers"] = linerate.measure(args.line_rate_rounds, args.line_rate_seconds, linerate.OBJECT_FILE,
                                                         args.empty_object, talkers=True)
     figures["targets"] = evaluate_targets(figures)
     return figures
@@ -683,9 +652,9 @@ def measure(args):
             figures["engines"] = measure_engines(interface, args.runs)
     figures["size"] = size_of(args.pyz)
     if args.line_rate_rounds:
-        figures["line_rate"] = linerate.measure(args.line_rate_rounds, args.line_rate_seconds, OBJECT_FILE,
+        figures["line_rate"] = linerate.measure(args.line_rate_rounds, args.line_rate_seconds, linerate.OBJECT_FILE,
                                                 args.empty_object)
-        figures["line_rate_talkers"] = linerate.measure(args.line_rate_rounds, args.line_rate_seconds, OBJECT_FILE,
+        figures["line_rate_talkers"] = linerate.measure(args.line_rate_rounds, args.line_rate_seconds, linerate.OBJECT_FILE,
                                                         args.empty_object, talkers=True)
     if args.scale:
         figures["scale"] = scale.measure(args.scale, args.pyz)

@@ -582,7 +582,7 @@ def cpu_overhead(empty_ns, probe_ns):
 # ---- output ----------------------------------------------------------------------------------------------
 
 def table(header, rows):
-    """Plain-text columns: the first left-aligned, the others right-aligned (as tests/bench.py's)."""
+    """Plain-text columns: the first left-aligned, the others right-aligned."""
     cells = [header] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
