@@ -27,8 +27,6 @@ IFF_LOWER_UP = 0x10000
 # enum xdp_attach_mode, in iproute2's words
 XDP_ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload", 4: "multi"}
 
-_U32 = struct.Struct("=I")
-_S32 = struct.Struct("=i")
 
 
 class Link(object):
@@ -69,14 +67,11 @@ def parse_link(msg):
         return None
     try:
         return Link(ifindex, rtnetlink.string(attrs.get(IFLA_IFNAME, b"")), _kind(attrs), flags,
-                    _number(_U32, attrs, IFLA_LINK), _number(_S32, attrs, IFLA_LINK_NETNSID),
-                    _number(_U32, attrs, IFLA_MASTER))
+                    rtnetlink.number(rtnetlink.U32, attrs, IFLA_LINK),
+                    rtnetlink.number(rtnetlink.S32, attrs, IFLA_LINK_NETNSID),
+                    rtnetlink.number(rtnetlink.U32, attrs, IFLA_MASTER))
     except struct.error:
         raise ProbeError("malformed link message from the kernel")
-
-
-def _number(form, attrs, kind):
-    return form.unpack(attrs[kind])[0] if kind in attrs else None
 
 
 def _kind(attrs):
@@ -113,7 +108,7 @@ def xdp_program(ifindex):
         return None
     xdp = rtnetlink.parse_attrs(xdp)
     attached = xdp.get(IFLA_XDP_ATTACHED, b"\0")[0]
-    prog_id = struct.unpack("=I", xdp[IFLA_XDP_PROG_ID])[0] if IFLA_XDP_PROG_ID in xdp else 0
+    prog_id = rtnetlink.number(rtnetlink.U32, xdp, IFLA_XDP_PROG_ID, 0)
     if not attached or not prog_id:
         return None
     return prog_id, XDP_ATTACHED_MODES.get(attached, "unknown")
@@ -122,9 +117,9 @@ def xdp_program(ifindex):
 def xdp_attach(ifindex, prog_fd, flags, expected_fd=None):
     """Attach a program through netlink with XDP_FLAGS_* (a mode, UPDATE_IF_NOEXIST, REPLACE with the
     expected_fd of the program to replace); fd -1 detaches."""
-    xdp = attr(IFLA_XDP_FD, struct.pack("=i", prog_fd)) + attr(IFLA_XDP_FLAGS, struct.pack("=I", flags))
+    xdp = attr(IFLA_XDP_FD, rtnetlink.S32.pack(prog_fd)) + attr(IFLA_XDP_FLAGS, rtnetlink.U32.pack(flags))
     if expected_fd is not None:
-        xdp += attr(IFLA_XDP_EXPECTED_FD, struct.pack("=i", expected_fd))
+        xdp += attr(IFLA_XDP_EXPECTED_FD, rtnetlink.S32.pack(expected_fd))
     rtnetlink.request(rtnetlink.RTM_SETLINK, rtnetlink.NLM_F_ACK, ifindex,
                       attr(IFLA_XDP | rtnetlink.NLA_F_NESTED, xdp))
 

@@ -13,15 +13,14 @@ NETNSA_NSID = 1
 NETNSA_FD = 3
 
 RTGENMSG = struct.Struct("=Bxxx")  # struct rtgenmsg, padded to the attributes' alignment
-_S32 = struct.Struct("=i")
 
 
 def nsid(fd):
     """The id this namespace has for the network namespace of a file descriptor (a /run/netns file,
     /proc/PID/ns/net), or None when it has given that namespace none (no link of ours has a peer there)."""
-    answer = rtnetlink.exchange(RTM_GETNSID, 0, RTGENMSG.pack(_socket.AF_UNSPEC) + attr(NETNSA_FD, _S32.pack(fd)))
+    answer = rtnetlink.exchange(RTM_GETNSID, 0, RTGENMSG.pack(_socket.AF_UNSPEC) + attr(NETNSA_FD, rtnetlink.S32.pack(fd)))
     value = rtnetlink.parse_attrs(answer[0][RTGENMSG.size:]).get(NETNSA_NSID) if answer else None
-    if value is None or len(value) != _S32.size:
+    if value is None or len(value) != rtnetlink.S32.size:
         raise ProbeError("malformed namespace id message from the kernel")
-    found = _S32.unpack(value)[0]
+    found = rtnetlink.S32.unpack(value)[0]
     return found if found >= 0 else None  # NETNSA_NSID_NOT_ASSIGNED is -1

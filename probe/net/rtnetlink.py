@@ -40,6 +40,8 @@ IFINFOMSG = struct.Struct("=BxHiII")  # struct ifinfomsg
 TCMSG = struct.Struct("=BxxxiIII")  # struct tcmsg
 NLATTR = struct.Struct("=HH")  # struct nlattr
 _ERRNO = struct.Struct("=i")  # the error of a struct nlmsgerr
+U32 = struct.Struct("=I")  # an attribute's __u32 payload
+S32 = struct.Struct("=i")  # an attribute's __s32 payload (an fd, a namespace id)
 RECV_SIZE = 65536  # per recv: more than a dump part (the kernel caps them at 32 KB) or a notification takes
 
 
@@ -79,6 +81,11 @@ def parse_ifinfo(msg):
         raise ProbeError("malformed link message from the kernel")
     family, _, ifindex, flags, _ = IFINFOMSG.unpack_from(msg)
     return family, ifindex, flags, parse_attrs(msg[IFINFOMSG.size:])
+
+
+def number(form, attrs, kind, default=None):
+    """The number (U32, S32) an attribute holds, or `default` where there is none."""
+    return form.unpack(attrs[kind])[0] if kind in attrs else default
 
 
 def string(payload):

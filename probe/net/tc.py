@@ -26,7 +26,6 @@ TCA_BPF_ID = 11
 TCA_BPF_FLAG_ACT_DIRECT = 1 << 0  # the program's return value is the verdict: no tc action needed
 ETH_P_ALL = 0x0003  # linux/if_ether.h: a filter for every protocol
 
-_U32 = struct.Struct("=I")
 
 
 def tc_h_make(major, minor):
@@ -129,12 +128,12 @@ def parse_filter(msg):
             return None
         attrs = rtnetlink.parse_attrs(msg[rtnetlink.TCMSG.size:])
         f = Filter(info >> 16, handle, rtnetlink.string(attrs.get(TCA_KIND, b"")), _socket.ntohs(info & 0xFFFF),
-                   _U32.unpack(attrs[TCA_CHAIN])[0] if TCA_CHAIN in attrs else 0)
+                   rtnetlink.number(rtnetlink.U32, attrs, TCA_CHAIN, 0))
         if f.kind == "bpf":
             options = rtnetlink.parse_attrs(attrs.get(TCA_OPTIONS, b""))
-            f.prog_id = _U32.unpack(options[TCA_BPF_ID])[0] if TCA_BPF_ID in options else 0
+            f.prog_id = rtnetlink.number(rtnetlink.U32, options, TCA_BPF_ID, 0)
             f.name = rtnetlink.string(options.get(TCA_BPF_NAME, b""))
-            f.flags = _U32.unpack(options[TCA_BPF_FLAGS])[0] if TCA_BPF_FLAGS in options else 0
+            f.flags = rtnetlink.number(rtnetlink.U32, options, TCA_BPF_FLAGS, 0)
         return f
     except struct.error:
         raise ProbeError("malformed TC filter message from the kernel")
@@ -143,8 +142,8 @@ def parse_filter(msg):
 def attach_bpf(ifindex, direction, prio, handle, prog_fd, name, replace=False):
     """Add a cls_bpf filter in direct-action mode at prio/handle (KernelError EEXIST if one is there); with
     replace, swap the program of the filter there instead, atomically (KernelError ENOENT if none)."""
-    options = (attr(TCA_BPF_FD, struct.pack("=i", prog_fd)) + attr(TCA_BPF_NAME, name.encode() + b"\0") +
-               attr(TCA_BPF_FLAGS, _U32.pack(TCA_BPF_FLAG_ACT_DIRECT)))
+    options = (attr(TCA_BPF_FD, rtnetlink.S32.pack(prog_fd)) + attr(TCA_BPF_NAME, name.encode() + b"\0") +
+               attr(TCA_BPF_FLAGS, rtnetlink.U32.pack(TCA_BPF_FLAG_ACT_DIRECT)))
     flags = rtnetlink.NLM_F_REPLACE if replace else rtnetlink.NLM_F_CREATE | rtnetlink.NLM_F_EXCL
     rtnetlink.exchange(rtnetlink.RTM_NEWTFILTER, rtnetlink.NLM_F_ACK | flags,
                        _tcmsg(ifindex, handle, HOOKS[direction], _info(prio, ETH_P_ALL)) +
