@@ -60,22 +60,47 @@ struct knp_stats {
  * A peer is an interface's direction and an address: rx counts the source address, tx the destination; IPv4 as
  * IPv4-mapped IPv6 (::ffff:a.b.c.d). Keyed by ifindex, not slot: a slot given to another interface never meets
  * the peers of the one that had it.
- * Two tables, a and b, per-CPU hashes of a fixed capacity (preallocated: the memory is taken at load, never
- * grown): the programs count in the one knp_peer_live names, and never delete. User space swaps them: it puts
- * the peers it keeps into the idle table (zeroed), names it live, waits for every program that may still count
- * in the other one (a map-in-map update does synchronize_rcu), then reads that one, now quiescent, and empties
- * it. A plain hash, not an LRU: an LRU evicts counts quietly. A packet of a peer the live table has no room for
- * counts in knp_peer_other of its interface's slot and direction, so that every IPv4 and IPv6 frame counts
- * once, under its peer or there: peers + other = l3 ipv4 + ipv6, exactly. */
+ * Two tables, a and b, per-CPU arrays of a fixed size (a power of two, set at load: preallocated, never grown).
+ * Each CPU's copy of a table is a hash table of its own, open addressing: a peer's entry is the first one from
+ * knp_peer_hash(seed, peer) & mask on (talkers.h), within KNP_PEER_PROBES, that holds the peer or is free (id 0), and a CPU
+ * writes only its own copy: no lock, no atomic. (A per-CPU hash map costs twice as much per packet: a call, jhash
+ * and memcmp over the key, a bucket walk; `make bench` measures this against an LRU map.) Copies hold a peer at
+ * different indexes, or not at all: user space adds up every copy's entries by peer.
+ * The programs count in the table knp_peer_conf names live, and never free an entry. User space swaps them: it
+ * gives the idle table (empty) an entry for every peer it keeps, in every copy, names it live, waits for every
+ * program that may still count in the other one (a map-in-map update does synchronize_rcu), then reads that one,
+ * now quiescent, and empties it. A packet of a peer with no entry within KNP_PEER_PROBES counts in knp_peer_other
+ * of its interface's slot and direction, so that every IPv4 and IPv6 frame counts once, under its peer or there:
+ * peers + other = l3 ipv4 + ipv6, exactly. */
 #define KNP_PEER_ID(ifindex, direction) ((ifindex) * KNP_DIR_MAX + (direction))
-/* Peers each table holds by default; user space sets the capacity at load (--talkers-capacity). */
+/* Peers the probe keeps by default; each table has twice as many entries (--talkers-capacity). */
 #define KNP_PEERS_DEFAULT 4096
+#define KNP_PEER_TABLE_DEFAULT (2 * KNP_PEERS_DEFAULT)
+/* Entries tried from a peer's hash on. The tables are at most half full of the peers kept: at that load, linear
+ * probing needs more than 32 tries about once in millions of peers. */
+#define KNP_PEER_PROBES 32
 /* The flag of knp_peer_base's keys of retired peers (ifindexes stay below 2^20: bit 31 is free). */
 #define KNP_PEER_RETIRED 0x80000000u
 
+/* A peer as user space keeps it across runs (knp_peer_base). */
 struct knp_peer_key {
 	__u32 id; /* KNP_PEER_ID(ifindex, direction) */
 	__u8 addr[16]; /* network order; IPv4 mapped into IPv6 */
+};
+
+/* An entry of a peer table. */
+struct knp_peer {
+	__u8 addr[16]; /* as in knp_peer_key; first, so that the programs compare it in two 8-byte words */
+	__u32 id; /* as in knp_peer_key; 0: the entry is free (ifindexes start at 1) */
+	__u32 pad;
+	struct knp_counter counter;
+};
+
+/* The value of knp_peer_conf, written by user space. */
+struct knp_peer_conf {
+	__u32 live; /* the table the programs count in: 0 a, 1 b */
+	__u32 mask; /* the tables' size - 1 */
+	__u32 seed; /* of knp_peer_hash(), chosen at random when the tables are made */
 };
 
 #endif

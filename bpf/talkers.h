@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
 /* Top talkers: count a classified frame under its peer, in the live one of two tables, or in its interface's
- * `other` bucket where the live table is full. The maps and the swap are described in kubenetprobe.h. */
+ * `other` bucket where the live table has no room for it. The maps and the swap are described in kubenetprobe.h. */
 #ifndef KNP_TALKERS_H
 #define KNP_TALKERS_H
 
@@ -11,22 +11,22 @@
 #include "kubenetprobe.h"
 
 struct knp_peer_table {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, KNP_PEERS_DEFAULT);
-	__type(key, struct knp_peer_key);
-	__type(value, struct knp_counter);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KNP_PEER_TABLE_DEFAULT);
+	__type(key, __u32);
+	__type(value, struct knp_peer);
 };
 
 struct knp_peer_table knp_peers_a SEC(".maps");
 struct knp_peer_table knp_peers_b SEC(".maps");
 
-/* Which table the programs count in: 0 a, 1 b. An array: its lookup is inlined. */
+/* Which table is live, their mask and the hash's seed. An array: its lookup is inlined. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
-} knp_peer_live SEC(".maps");
+	__type(value, struct knp_peer_conf);
+} knp_peer_conf SEC(".maps");
 
 /* KNP_STATS_KEY(slot, direction) -> the packets of peers no table had room for. Only ever added to by the
  * programs; user space zeroes a slot's before it gives the slot out, as with knp_stats. */
@@ -49,22 +49,54 @@ struct {
 	__type(value, struct knp_counter);
 } knp_peer_base SEC(".maps");
 
-/* Add to the peer's counter in `table`, making it where it is not there yet: 0 where the table is full. */
-static __always_inline int count_in(void *table, struct knp_peer_key *key, __u64 packets, __u64 bytes)
+static __always_inline __u32 mix(__u32 h, __u32 word)
 {
-	struct knp_counter *counter = bpf_map_lookup_elem(table, key);
-	struct knp_counter first = { .packets = packets, .bytes = bytes };
+	return (h ^ word) * 0x9E3779B1u;
+}
 
-	if (!counter) {
-		if (bpf_map_update_elem(table, key, &first, BPF_NOEXIST) == 0)
-			return 1;
-		/* EEXIST: another CPU made it in between (its value on this CPU starts at 0); else E2BIG, full. */
-		counter = bpf_map_lookup_elem(table, key);
-		if (!counter)
+/* A peer's hash: its id and the four 32-bit words of its address (as this CPU loads them) mixed in one by one
+ * with a multiply, then murmur3's finalizer, so that the low bits, the index, depend on every bit. probe/talkers.py
+ * computes the same, to give the peers it keeps their entries. */
+static __always_inline __u32 knp_peer_hash(__u32 seed, __u32 id, __u64 a0, __u64 a1)
+{
+	__u32 h = mix(mix(mix(mix(mix(seed, id), a0), a0 >> 32), a1), a1 >> 32);
+
+	h ^= h >> 16;
+	h *= 0x85EBCA6Bu;
+	h ^= h >> 13;
+	h *= 0xC2B2AE35u;
+	return h ^ (h >> 16);
+}
+
+/* Add to the peer's entry in this CPU's copy of `table`, taking a free one on the way where it has none yet: 0
+ * where there is neither within KNP_PEER_PROBES. */
+static __always_inline int count_in(void *table, const struct knp_peer_conf *conf, __u32 id, __u64 a0, __u64 a1,
+				    __u64 packets, __u64 bytes)
+{
+	__u32 h = knp_peer_hash(conf->seed, id, a0, a1);
+	int i;
+
+#pragma unroll
+	for (i = 0; i < KNP_PEER_PROBES; i++) {
+		__u32 index = (h + i) & conf->mask;
+		struct knp_peer *peer = bpf_map_lookup_elem(table, &index);
+
+		if (!peer)
 			return 0;
+		if (peer->id == id && *(__u64 *)peer->addr == a0 && *(__u64 *)&peer->addr[8] == a1) {
+			count(&peer->counter, packets, bytes);
+			return 1;
+		}
+		if (!peer->id) {
+			*(__u64 *)peer->addr = a0;
+			*(__u64 *)&peer->addr[8] = a1;
+			peer->id = id;
+			peer->counter.packets = packets;
+			peer->counter.bytes = bytes;
+			return 1;
+		}
 	}
-	count(counter, packets, bytes);
-	return 1;
+	return 0;
 }
 
 /* Count `packets` frames of `bytes` under the peer of a classified IP frame on (ifindex, direction): rx its
@@ -73,36 +105,41 @@ static __always_inline int count_in(void *table, struct knp_peer_key *key, __u64
 static __always_inline void count_peer(__u32 ifindex, __u32 direction, const struct knp_class *cls, void *end,
 				       __u64 packets, __u64 bytes)
 {
-	struct knp_peer_key key = { .id = KNP_PEER_ID(ifindex, direction) };
+	__u32 id = KNP_PEER_ID(ifindex, direction);
+	struct knp_peer_conf *conf;
 	struct knp_counter *other;
-	__u32 zero = 0, *live, *slot;
+	__u32 zero = 0, *slot;
+	__u64 a0, a1; /* the address's two halves, as loaded */
 	int counted;
 
 	if (!cls->ip)
 		return;
 	if (cls->ipv6) {
 		struct ipv6hdr *ip6 = cls->ip;
+		__u64 *addr;
 
 		if ((void *)(ip6 + 1) > end)
 			goto other;
-		__builtin_memcpy(key.addr, direction == KNP_DIR_RX ? &ip6->saddr : &ip6->daddr, 16);
+		addr = direction == KNP_DIR_RX ? (__u64 *)&ip6->saddr : (__u64 *)&ip6->daddr;
+		a0 = addr[0];
+		a1 = addr[1];
 	} else {
 		struct iphdr *ip = cls->ip;
 
 		if ((void *)(ip + 1) > end)
 			goto other;
-		key.addr[10] = 0xff;
-		key.addr[11] = 0xff;
-		__builtin_memcpy(&key.addr[12], direction == KNP_DIR_RX ? &ip->saddr : &ip->daddr, 4);
+		/* ::ffff:a.b.c.d in memory order: ten zero bytes, two 0xff, the address. */
+		a0 = 0;
+		a1 = (__u64)(direction == KNP_DIR_RX ? ip->saddr : ip->daddr) << 32 | bpf_htonl(0xffff);
 	}
-	live = bpf_map_lookup_elem(&knp_peer_live, &zero);
-	if (!live)
+	conf = bpf_map_lookup_elem(&knp_peer_conf, &zero);
+	if (!conf)
 		return;
-	/* Two call sites, each with its own map: the verifier then keeps each hash call's direct (inlined) form. */
-	if (*live)
-		counted = count_in(&knp_peers_b, &key, packets, bytes);
+	/* Two call sites, each with its own map: the verifier then keeps each lookup's inlined form. */
+	if (conf->live)
+		counted = count_in(&knp_peers_b, conf, id, a0, a1, packets, bytes);
 	else
-		counted = count_in(&knp_peers_a, &key, packets, bytes);
+		counted = count_in(&knp_peers_a, conf, id, a0, a1, packets, bytes);
 	if (counted)
 		return;
 other:

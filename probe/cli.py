@@ -145,8 +145,9 @@ def parser():
     p.add_argument("--talkers-capacity", type=_capacity, default=layout.PEERS_DEFAULT, metavar="N",
                    help="peers the kernel counts apart, for every interface together (default: %d); a peer beyond "
                         "counts in `other`, and peers idle for %d intervals give their room back. Kernel memory, "
-                        "taken at start: 2 x N x (%d + 16 x CPUs) bytes, %s" % (
-                            layout.PEERS_DEFAULT, talkers.RETIRE_AFTER, talkers.ENTRY_BYTES, _talkers_memory()))
+                        "taken at start: two tables of 2 x N entries (rounded up to a power of two) of "
+                        "%d + %d x CPUs bytes, %s" % (layout.PEERS_DEFAULT, talkers.RETIRE_AFTER, talkers.ENTRY_BYTES,
+                                                       layout.PEER.size, _talkers_memory()))
     p.add_argument("--direction", choices=("rx", "tx", "both"), default="both",
                    help="what to count: received, sent, or both (default)")
     p.add_argument("--hook", choices=HOOKS, default="auto",

@@ -27,8 +27,8 @@ _LAYOUTS = {
                        "value_size": layout.STATS.size, "max_entries": layout.MAX_ENTRIES},
     layout.SLOTS_MAP: {"type": layout.SLOTS_MAP_TYPE, "flags": 0, "key_size": layout.SLOT.size,
                        "value_size": layout.SLOT.size, "max_entries": layout.MAX_IFINDEX},
-    layout.PEER_LIVE_MAP: {"type": layout.SLOTS_MAP_TYPE, "flags": 0, "key_size": layout.SLOT.size,
-                           "value_size": layout.SLOT.size, "max_entries": 1},
+    layout.PEER_CONF_MAP: {"type": layout.SLOTS_MAP_TYPE, "flags": 0, "key_size": layout.SLOT.size,
+                           "value_size": layout.PEER_CONF.size, "max_entries": 1},
     # The others' capacity is set at load (--talkers-capacity).
     layout.PEER_OTHER_MAP: {"type": layout.PEER_OTHER_TYPE, "flags": 0, "key_size": layout.KEY.size,
                             "value_size": layout.COUNTER.size},
@@ -36,8 +36,8 @@ _LAYOUTS = {
                            "key_size": layout.PEER_KEY.size, "value_size": layout.COUNTER.size},
 }
 for _name in layout.PEER_TABLES:
-    _LAYOUTS[_name] = {"type": layout.PEER_TABLE_TYPE, "flags": 0, "key_size": layout.PEER_KEY.size,
-                       "value_size": layout.COUNTER.size}
+    _LAYOUTS[_name] = {"type": layout.PEER_TABLE_TYPE, "flags": 0, "key_size": layout.SLOT.size,
+                       "value_size": layout.PEER.size}
 
 
 def _check_layout(name, found):
@@ -274,7 +274,7 @@ class NetworkMonitor(object):
                 self.object = self._load()
                 self.slots = stats.Slots.of(self.object, bool(self.talkers_capacity))
             if self.talkers_capacity:
-                self.talkers = peers.Talkers(self.object)
+                self.talkers = peers.Talkers(self.object, self.talkers_capacity)
         return self.object
 
     def _load(self, map_fds=None):
@@ -308,11 +308,12 @@ class NetworkMonitor(object):
     def _check_capacity(self, map_fds):
         """Refuse reused peer tables of another capacity than the one asked for: their counts cannot move to
         tables of another size."""
-        pinned = syscall.map_info(map_fds[layout.PEER_TABLES[0]]).max_entries
-        if self.talkers_capacity and pinned != self.talkers_capacity:
-            raise ProbeError("the peer tables pinned in %s hold %d peers, not the %d asked for" % (
-                self.pins.path if self.pins else "the maps reused", pinned, self.talkers_capacity),
-                hint="run with --talkers-capacity %d, or end the pinned state first (kubenetprobe detach)" % pinned)
+        entries = syscall.map_info(map_fds[layout.PEER_TABLES[0]]).max_entries
+        if self.talkers_capacity and entries != peers.table_size(self.talkers_capacity):
+            raise ProbeError("the peer tables pinned in %s keep %d peers, not the %d asked for" % (
+                self.pins.path if self.pins else "the maps reused", entries // 2, self.talkers_capacity),
+                hint="run with --talkers-capacity %d, or end the pinned state first (kubenetprobe detach)"
+                     % (entries // 2))
 
     def _pin(self, attachment):
         """Pin the maps, unless pinned already, then the attachment's hooks."""

@@ -1,11 +1,12 @@
 """Top talkers: per-peer counts taken exactly from the kernel's two peer tables, swapped every interval, and idle
 peers retired into `other` so that new talkers find room (bpf/kubenetprobe.h, bpf/talkers.h).
 
-Exactness: the programs count only in the live table and never delete. A swap fills the idle table with a zeroed
-entry for every peer held (so a held peer never lacks room), names it live, waits out the programs that may still
-count in the other table (a map-in-map update), then reads that table, now touched by nothing, and empties it.
-Every count therefore lands in exactly one read. A retired peer's counts move to its interface direction's
-retired sum, reported in `other`: peers + other = the l3 ipv4 + ipv6 counters at all times the traffic is still.
+Exactness: the programs count only in the live table and never free an entry. A swap gives the idle table (empty)
+an entry for every peer held, in every CPU's copy (so that a held peer never lacks room), names it live, waits out
+the programs that may still count in the other table (a map-in-map update), then reads that table, now touched by
+nothing, and empties it. Every count therefore lands in exactly one read. A retired peer's counts move to its
+interface direction's retired sum, reported in `other`: peers + other = the l3 ipv4 + ipv6 counters at all times
+the traffic is still. User space never writes the live table: a program on another CPU may be counting there.
 """
 import _socket  # not socket: its import (and selectors') would be paid at every start
 import errno
@@ -14,29 +15,36 @@ import time
 
 from probe import layout
 from probe.bpf import syscall
-from probe.bpf.constants import BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_NOEXIST
+from probe.bpf.constants import BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_ARRAY_OF_MAPS
 from probe.errors import KernelError
 
-# Swaps a held peer may go without a packet before it gives its entry back; one, when the live table was full.
+# Swaps a held peer may go without a packet before it gives its entry back; one, when as many are held as kept.
 RETIRE_AFTER = 3
-# Bytes of kernel memory per entry of a peer table beyond its per-CPU values: the hash element (struct
-# htab_elem with the key) and its bucket share, as /proc/PID/fdinfo's memlock shows on 6.x kernels.
-ENTRY_BYTES = 104
-MAX_CAPACITY = 1 << 24  # peers a table may hold: 16 M, gigabytes of kernel memory already
+# Bytes of kernel memory per entry of a peer table beyond its per-CPU values: a per-CPU array's pointer to them;
+# and per table, for the map itself (its struct bpf_array: 312 bytes on 6.x).
+ENTRY_BYTES = 8
+MAP_BYTES = 1024
+MAX_CAPACITY = 1 << 20  # peers kept at most: tables of 2 M entries, 80 MB per CPU each already
 ZERO_KEY = layout.SLOT.pack(0)
 ZERO_COUNTER = layout.COUNTER.pack(0, 0)
+FREE = layout.PEER.pack(bytes(16), 0, 0, 0, 0)
+
+
+def table_size(capacity):
+    """Entries of each peer table that keeps `capacity` peers: twice as many, rounded up to a power of two."""
+    return 1 << (2 * capacity - 1).bit_length()
 
 
 def memory_bytes(capacity, ncpus):
-    """Kernel memory the two peer tables of `capacity` peers take on `ncpus` CPUs (preallocated at load)."""
-    return 2 * capacity * (ENTRY_BYTES + layout.COUNTER.size * ncpus)
+    """Kernel memory the two peer tables for `capacity` peers take on `ncpus` CPUs (preallocated at load)."""
+    return 2 * (MAP_BYTES + table_size(capacity) * (ENTRY_BYTES + layout.PEER.size * ncpus))
 
 
 def max_entries(capacity):
-    """{map: max_entries} of the peer maps for `capacity` peers per table; 0: talkers off, each map one entry."""
+    """{map: max_entries} of the peer maps for `capacity` peers; 0: talkers off, each map one entry."""
     if not capacity:
         return {name: 1 for name in layout.PEER_TABLES + (layout.PEER_OTHER_MAP, layout.PEER_BASE_MAP)}
-    sizes = {name: capacity for name in layout.PEER_TABLES}
+    sizes = {name: table_size(capacity) for name in layout.PEER_TABLES}
     sizes[layout.PEER_OTHER_MAP] = layout.MAX_ENTRIES
     sizes[layout.PEER_BASE_MAP] = capacity + layout.MAX_ENTRIES
     return sizes
@@ -69,27 +77,45 @@ class Peer(object):
         self.last_packets = self.last_bytes = 0
         self.idle = 0
 
+    def add(self, packets, nbytes):
+        """Count what a table held of this peer."""
+        self.packets += packets
+        self.bytes += nbytes
+        self.last_packets += packets
+        self.last_bytes += nbytes
+        if packets:
+            self.idle = 0
+
 
 class Talkers(object):
     """The peer maps of a loaded object, swapped and read by cycle(); top() is what a report shows."""
 
-    def __init__(self, obj):
-        self.held = {}  # the tables' key (id, address) -> Peer
+    def __init__(self, obj, capacity=None):
+        """capacity: the peers held at most (default: half the tables' entries)."""
+        self.held = {}  # key (layout.PEER_KEY: id, address) -> Peer
         self._groups = None  # held by interface direction (peer id): [(key, Peer)], made by top() once a cycle
         self.retired = {}  # peer id -> [packets, bytes] of the peers retired
         self.interval = 0.0  # seconds the last interval's counts span
         self._swapped = None  # monotonic time of the last swap
         self._other = {}  # (slot, direction) -> (packets, bytes, last interval's packets, bytes) of `other`
         self._gone = []  # keys retired since the base map was last written
+        self._hashes = {}  # key -> layout.peer_hash() of the held peers
+        self._overflow = {}  # peer id -> [packets, bytes] of the last interval's peers retired at once, for want of room
         self.bind(obj)
+        self.capacity = capacity or self.mask // 2 + 1
         self._barrier = self._make_barrier()
-        self.live = layout.SLOT.unpack(self.live_map.lookup(ZERO_KEY))[0] & 1
+        live, mask, self.seed = layout.PEER_CONF.unpack(self.conf_map.lookup(ZERO_KEY))
+        self.live = live & 1
+        if mask != self.mask or not self.seed:  # tables just made: empty, so any seed will do
+            self.seed = int.from_bytes(os.urandom(4), "little") | 1
+            self._write_conf()
         self._load_base()
 
     def bind(self, obj):
         """Use the maps of `obj` (the same maps after a reload)."""
         self.tables = [obj.map(name) for name in layout.PEER_TABLES]
-        self.live_map = obj.map(layout.PEER_LIVE_MAP)
+        self.mask = self.tables[0].max_entries - 1
+        self.conf_map = obj.map(layout.PEER_CONF_MAP)
         self.other_map = obj.map(layout.PEER_OTHER_MAP)
         self.base_map = obj.map(layout.PEER_BASE_MAP)
 
@@ -105,6 +131,9 @@ class Talkers(object):
             os.close(inner)
             raise
         return outer, inner
+
+    def _write_conf(self):
+        self.conf_map.update(ZERO_KEY, layout.PEER_CONF.pack(self.live, self.mask, self.seed))
 
     def _load_base(self):
         """Hold what a previous run with --pin left in the base map; then take what its tables still hold."""
@@ -126,61 +155,79 @@ class Talkers(object):
             os.close(fd)
         self._barrier = ()
 
+    def _hash(self, key):
+        h = self._hashes.get(key)
+        if h is None:
+            h = self._hashes[key] = layout.peer_hash(self.seed, *layout.PEER_KEY.unpack(key))
+        return h
+
     def _swap_only(self):
-        """Name the idle table live, its entries made first for every held peer (no more than it holds), and wait
-        for the programs that may still count in the other one."""
+        """Name the idle table live, an entry made first in it for every held peer, where its programs look for
+        it; and wait for the programs that may still count in the other one. A held peer for which there is no
+        room within the probes (one in millions) is retired."""
         idle = self.tables[1 - self.live]
-        zero = [ZERO_COUNTER] * idle.ncpus
+        taken = set()
+        homeless = []
         for key in self.held:
-            try:
-                idle.update(key, zero, BPF_NOEXIST)
-            except KernelError as e:
-                if e.errno != errno.EEXIST:
-                    raise
+            h = self._hash(key)
+            for i in range(layout.PEER_PROBES):
+                index = (h + i) & self.mask
+                if index not in taken:
+                    taken.add(index)
+                    peer_id, addr = layout.PEER_KEY.unpack(key)
+                    idle.update(layout.SLOT.pack(index), [layout.PEER.pack(addr, peer_id, 0, 0, 0)] * idle.ncpus)
+                    break
+            else:
+                homeless.append(key)
+        for key in homeless:
+            self._retire(key)
         self.live = 1 - self.live
-        self.live_map.update(ZERO_KEY, layout.SLOT.pack(self.live))
+        self._write_conf()
         syscall.wait_for_programs(*self._barrier)
 
-    def _drain(self, table):
-        """Take every count of a table no program counts in, and empty it; True if it was full. A peer first
-        found there gets its entry in the live table too (or is retired at once where that is full), so that every
-        peer held has one: there are never more than the capacity."""
-        items = table.items()
+    def _drain(self, table, drop=()):
+        """Take every count of a table no program counts in, and empty it; those of the peer ids in `drop` are
+        let go. Peers first found there are held while there is room, else retired at once; True if as many are
+        held as kept."""
+        counts = {}
+        used = table.nonzero_items()
+        for _, values in used:
+            for raw in values:
+                addr, peer_id, _, packets, nbytes = layout.PEER.unpack(raw)
+                if peer_id and peer_id not in drop:
+                    key = layout.PEER_KEY.pack(peer_id, addr)
+                    total = counts.setdefault(key, [0, 0])
+                    total[0] += packets
+                    total[1] += nbytes
+        free = [FREE] * table.ncpus
+        for index, _ in used:
+            table.update(index, free)
         found = []
-        for key, values in items:
-            packets, nbytes = _sum(values)
+        for key, (packets, nbytes) in counts.items():
             peer = self.held.get(key)
-            if peer is None:
-                if not packets:
-                    continue  # made for a peer retired since, and never counted in: gone with it
+            if peer is not None:
+                peer.add(packets, nbytes)
+            elif packets:  # else made for a peer retired since, and never counted in: gone with it
+                found.append((-nbytes, key, packets))
+        # The biggest first, then in the keys' order; not in the table's, by hash: those held would crowd there.
+        for minus_bytes, key, packets in sorted(found):
+            nbytes = -minus_bytes
+            if len(self.held) < self.capacity:
                 peer = self.held[key] = Peer()
-                found.append(key)
-            peer.packets += packets
-            peer.bytes += nbytes
-            peer.last_packets += packets
-            peer.last_bytes += nbytes
-            if packets:
-                peer.idle = 0
-        for key, _ in items:
-            table.delete(key)
-        live = self.tables[self.live]
-        zero = [ZERO_COUNTER] * live.ncpus
-        for key in found:
-            # Made here or by a program, whichever comes first (BPF_NOEXIST): no count is overwritten.
-            try:
-                live.update(key, zero, BPF_NOEXIST)
-            except KernelError as e:
-                if e.errno == errno.E2BIG:
-                    self._retire(key)
-                elif e.errno != errno.EEXIST:
-                    raise
-        return len(items) >= table.max_entries
+                peer.add(packets, nbytes)
+            else:  # no room: its counts go to `other` at once
+                self._add_retired(key, packets, nbytes)
+                last = self._overflow.setdefault(layout.PEER_KEY.unpack(key)[0], [0, 0])
+                last[0] += packets
+                last[1] += nbytes
+        return len(self.held) >= self.capacity
 
     def cycle(self, slots=()):
         """Swap the tables and take the last interval's counts; retire idle peers, swapping again if any was so
         that their room is free at once; read the `other` counters of `slots`, [(slot, direction)]. Returns the
         number retired."""
         self._groups = None
+        self._overflow = {}
         now = time.monotonic()
         self.interval = now - self._swapped if self._swapped is not None else 0.0
         self._swapped = now
@@ -207,11 +254,15 @@ class Talkers(object):
         return retired
 
     def _retire(self, key):
-        self._gone.append(key)
+        self._hashes.pop(key, None)
         peer = self.held.pop(key)
+        self._add_retired(key, peer.packets, peer.bytes)
+
+    def _add_retired(self, key, packets, nbytes):
+        self._gone.append(key)
         total = self.retired.setdefault(layout.PEER_KEY.unpack(key)[0], [0, 0])
-        total[0] += peer.packets
-        total[1] += peer.bytes
+        total[0] += packets
+        total[1] += nbytes
 
     def _save_base(self):
         """Write what the base map must hold for a next run: the held peers that counted, the retired sums."""
@@ -226,17 +277,17 @@ class Talkers(object):
                                  layout.COUNTER.pack(*self.retired[peer_id]))
 
     def forget(self, ifindex, slot):
-        """Drop an interface's peers: called once no program counts there (its slot taken back), so that its
-        entries in either table, which nothing writes any more, can go."""
+        """Drop an interface's peers: called once no program looks its slot up (taken back). After the programs
+        that still may count there, a swap takes its entries from the live table (user space may not write there)."""
         syscall.wait_for_programs(*self._barrier)
         self._groups = None
         ids = {layout.peer_id(ifindex, d) for d in layout.DIRECTIONS}
-        for table in self.tables:
-            for key in [k for k in table.keys() if layout.PEER_KEY.unpack(k)[0] in ids]:
-                table.delete(key)
         for key in [k for k in self.held if layout.PEER_KEY.unpack(k)[0] in ids]:
             del self.held[key]
+            self._hashes.pop(key, None)
             self._delete_base(key)
+        self._swap_only()
+        self._drain(self.tables[1 - self.live], drop=ids)
         for direction in layout.DIRECTIONS:
             self._other.pop((slot, direction), None)
         for peer_id in ids:
@@ -266,8 +317,9 @@ class Talkers(object):
                 self._groups.setdefault(layout.PEER_KEY.unpack(key)[0], []).append((key, peer))
         mine = sorted(self._groups.get(peer_id, ()), key=lambda kp: (-kp[1].last_bytes, -kp[1].bytes, kp[0]))
         packets, nbytes, last_packets, last_bytes = self._other.get((slot, direction), (0, 0, 0, 0))
-        retired = self.retired.get(peer_id, (0, 0))  # idle when retired: no part of the last interval's
-        other = [packets + retired[0], nbytes + retired[1], last_packets, last_bytes]
+        retired = self.retired.get(peer_id, (0, 0))
+        overflow = self._overflow.get(peer_id, (0, 0))
+        other = [packets + retired[0], nbytes + retired[1], last_packets + overflow[0], last_bytes + overflow[1]]
         for _, peer in mine[k:]:
             other[0] += peer.packets
             other[1] += peer.bytes

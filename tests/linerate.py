@@ -497,6 +497,8 @@ def measure(rounds, seconds, object_path, empty_object_path, warmup=0.5, frame_b
             programs[(hook, "probe")] = probe_obj.program(probe_name)
             programs[(hook, "empty")] = empty_obj.program(empty[hook.split()[0]])
         slots = stats.Slots.of(probe_obj, talkers)
+        if talkers:
+            peer_tables.Talkers(probe_obj).close()  # the tables' mask and hash seed written, as the probe does
         sides = {hook: side for hook, side, _ in hooks}
         with Flood(frame_bytes, sender_cpu, receiver_cpu, duration, linear) as flood:
             for index in (flood.rx_index, flood.tx_index):

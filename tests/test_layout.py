@@ -175,17 +175,36 @@ def test_btf_peer_key_matches_layout(btf):
     assert fields["addr"][0] == 4 and fields["addr"][1]["kind"] == "ARRAY" and fields["addr"][1]["nr_elems"] == 16
 
 
+def test_btf_peer_entry_and_conf_match_layout(btf):
+    """struct knp_peer is layout.PEER: 16 address bytes at 0, __u32 id at 16, the counter at 24, 40 bytes; struct
+    knp_peer_conf is layout.PEER_CONF: __u32 live, mask, seed."""
+    peer = named(btf, "STRUCT", "knp_peer")
+    fields = members(btf, peer)
+    assert peer["size"] == layout.PEER.size == 40
+    assert fields["addr"][0] == 0 and fields["addr"][1]["nr_elems"] == 16
+    assert fields["id"][0] == 16
+    assert_u32(fields["id"][1])
+    assert fields["counter"][0] == 24 and fields["counter"][1] is named(btf, "STRUCT", "knp_counter")
+    conf = named(btf, "STRUCT", "knp_peer_conf")
+    fields = members(btf, conf)
+    assert conf["size"] == layout.PEER_CONF.size == 12
+    assert [fields[name][0] for name in ("live", "mask", "seed")] == [0, 4, 8]
+    for name in ("live", "mask", "seed"):
+        assert_u32(fields[name][1])
+
+
 def test_btf_peer_maps_match_layout(btf):
-    """The peer tables: per-CPU hashes of knp_peer_key -> knp_counter, KNP_PEERS_DEFAULT peers as declared; the
-    live map one __u32; `other` keyed like the stats map; the base a hash not preallocated."""
+    """The peer tables: per-CPU arrays of knp_peer, KNP_PEER_TABLE_DEFAULT entries as declared (twice the peers
+    kept); the conf map one knp_peer_conf; `other` keyed like the stats map; the base a hash not preallocated."""
     for name in layout.PEER_TABLES:
         fields, pointee = map_fields(btf, name)
-        assert pointee("type")["nr_elems"] == layout.PEER_TABLE_TYPE == constants.BPF_MAP_TYPE_PERCPU_HASH
-        assert pointee("max_entries")["nr_elems"] == layout.PEERS_DEFAULT
-        assert pointee("key") is named(btf, "STRUCT", "knp_peer_key")
-        assert pointee("value") is named(btf, "STRUCT", "knp_counter")
-    fields, pointee = map_fields(btf, layout.PEER_LIVE_MAP)
+        assert pointee("type")["nr_elems"] == layout.PEER_TABLE_TYPE == constants.BPF_MAP_TYPE_PERCPU_ARRAY
+        assert pointee("max_entries")["nr_elems"] == layout.PEER_TABLE_DEFAULT == 2 * layout.PEERS_DEFAULT
+        assert_u32(pointee("key"))
+        assert pointee("value") is named(btf, "STRUCT", "knp_peer")
+    fields, pointee = map_fields(btf, layout.PEER_CONF_MAP)
     assert pointee("type")["nr_elems"] == constants.BPF_MAP_TYPE_ARRAY and pointee("max_entries")["nr_elems"] == 1
+    assert pointee("value") is named(btf, "STRUCT", "knp_peer_conf")
     fields, pointee = map_fields(btf, layout.PEER_OTHER_MAP)
     assert pointee("type")["nr_elems"] == layout.PEER_OTHER_TYPE
     assert pointee("max_entries")["nr_elems"] == layout.MAX_ENTRIES

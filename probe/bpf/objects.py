@@ -100,11 +100,18 @@ class Map(object):
     def items(self):
         """[(key, value)] of every entry: one batched lookup per 256 entries where the kernel has it (5.6+),
         else a lookup per key."""
+        return [(key, self._value(raw)) for key, raw in self._raw_items()]
+
+    def nonzero_items(self):
+        """items() but those whose value is all zero bytes (on every CPU), left out before they are split."""
+        zero = bytes(self._raw_size)
+        return [(key, self._value(raw)) for key, raw in self._raw_items() if raw != zero]
+
+    def _raw_items(self):
         if self._batch:
             try:
-                raw = syscall.map_lookup_batch(self.fd, self.key_size, self._raw_size,
-                                               min(_BATCH_SIZE, self.max_entries or 1))
-                return [(k, self._value(v)) for k, v in raw]
+                return syscall.map_lookup_batch(self.fd, self.key_size, self._raw_size,
+                                                min(_BATCH_SIZE, self.max_entries or 1))
             except KernelError as e:
                 if e.errno not in _NO_BATCH:
                     raise
@@ -112,12 +119,11 @@ class Map(object):
         out = []
         for key in self.keys():
             try:
-                out.append((key, self.lookup(key)))
+                out.append((key, syscall.map_lookup(self.fd, key, self._raw_size)))
             except KernelError as e:
                 if e.errno != errno.ENOENT:  # deleted between the two calls
                     raise
         return out
-
 
     def lookup_many(self, keys):
         """{key: value} of these keys of an array: one batched lookup per run of nearby keys (of 256 entries at
