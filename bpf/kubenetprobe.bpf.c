@@ -105,8 +105,7 @@ static __always_inline int count_skb(struct __sk_buff *skb, __u32 direction, int
 	struct knp_stats *stats;
 	struct knp_class cls;
 	struct cursor c;
-	__u32 tags, segs;
-	__u64 bytes;
+	__u64 bytes, segs, tags; /* 64-bit from the start: no zero-extensions before the multiplications */
 
 	stats = stats_of(skb->ifindex, direction);
 	if (!stats)
@@ -123,13 +122,8 @@ static __always_inline int count_skb(struct __sk_buff *skb, __u32 direction, int
 
 	/* A GSO or GRO skb stands for gso_segs wire frames, each carrying the headers again: skb->len (from the
 	 * Ethernet header on) counts them once, as the kernel's qdisc_pkt_len_init adds the rest. */
-	segs = skb->gso_segs;
-	if (segs > 1) {
-		bytes = skb->len + (__u64)(segs - 1) * cls.hdr_len + (__u64)segs * tags * sizeof(struct vlan_hdr);
-	} else { /* one frame, the common case: no multiplications */
-		segs = 1;
-		bytes = skb->len + tags * sizeof(struct vlan_hdr);
-	}
+	segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
+	bytes = skb->len + (segs - 1) * cls.hdr_len + segs * tags * sizeof(struct vlan_hdr);
 	count_class(&cls, segs, bytes);
 	if (talkers)
 		count_peer(skb->ifindex, direction, &cls, c.end, segs, bytes);
