@@ -594,7 +594,7 @@ def parse_args(argv):
                    help="Python to time the starts with; repeat for several (default: the python3 on PATH, "
                         "pyenv shim resolved, and /usr/bin/python3)")
     p.add_argument("--repeat", type=int, default=1000000, help="BPF_PROG_TEST_RUN repeat (default 1000000)")
-    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds of test runs (default 7)")
+    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds of test runs (default 15)")
     p.add_argument("--runs", type=int, default=15, help="interleaved runs of each start command (default 15)")
     p.add_argument("--line-rate-rounds", type=int, default=5,
                    help="interleaved rounds of the line-rate flood (default 5; 0 leaves it out: it takes ~2 min)")
