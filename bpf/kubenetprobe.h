@@ -77,7 +77,7 @@ struct knp_stats {
 #define KNP_PEERS_DEFAULT 4096
 #define KNP_PEER_TABLE_DEFAULT (2 * KNP_PEERS_DEFAULT)
 /* Entries tried from a peer's hash on. The tables are at most half full of the peers kept: at that load, linear
- * probing needs more than 32 tries about once in millions of peers. */
+ * probing needs more than 32 tries for about one peer in 200,000 (simulated), which then counts in `other`. */
 #define KNP_PEER_PROBES 32
 /* The flag of knp_peer_base's keys of retired peers (ifindexes stay below 2^20: bit 31 is free). */
 #define KNP_PEER_RETIRED 0x80000000u
