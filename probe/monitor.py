@@ -274,7 +274,7 @@ class NetworkMonitor(object):
                 self.object = self._load()
                 self.slots = stats.Slots.of(self.object, bool(self.talkers_capacity))
             if self.talkers_capacity:
-                self.talkers = peers.Talkers(self.object, self.talkers_capacity)
+                self.talkers = peers.Talkers(self.object, self.talkers_capacity, keep=self.pins is not None)
         return self.object
 
     def _load(self, map_fds=None):

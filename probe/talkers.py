@@ -90,8 +90,10 @@ class Peer(object):
 class Talkers(object):
     """The peer maps of a loaded object, swapped and read by cycle(); top() is what a report shows."""
 
-    def __init__(self, obj, capacity=None):
-        """capacity: the peers held at most (default: half the tables' entries)."""
+    def __init__(self, obj, capacity=None, keep=False):
+        """capacity: the peers held at most (default: half the tables' entries); keep: write into the base map
+        what a next run needs (with pinned maps: else nothing reads it)."""
+        self.keep = keep
         self.held = {}  # key (layout.PEER_KEY: id, address) -> Peer
         self._groups = None  # held by interface direction (peer id): [(key, Peer)], made by top() once a cycle
         self.retired = {}  # peer id -> [packets, bytes] of the peers retired
@@ -267,6 +269,8 @@ class Talkers(object):
     def _save_base(self):
         """Write what the base map must hold for a next run: the held peers that counted, the retired sums."""
         gone, self._gone = self._gone, []
+        if not self.keep:
+            return
         for key in gone:
             self._delete_base(key)
         for key, peer in self.held.items():
@@ -295,6 +299,8 @@ class Talkers(object):
                 self._delete_base(layout.PEER_KEY.pack(peer_id | layout.PEER_RETIRED, bytes(16)))
 
     def _delete_base(self, key):
+        if not self.keep:
+            return
         try:
             self.base_map.delete(key)
         except KernelError as e:
