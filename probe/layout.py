@@ -36,7 +36,7 @@ STATS = struct.Struct("=" + "QQ" * (len(L3) + len(L4)))
 
 
 # Top talkers (kubenetprobe.h). The tables: per-CPU arrays of struct knp_peer, twice as many entries as the peers
-# kept (PEER_TABLE_DEFAULT by default: a power of two set at load), each CPU's copy open-addressed by PEER_HASH; a
+# kept (PEER_TABLE_DEFAULT by default: a power of two set at load), each CPU's copy open-addressed by peer_hash(); a
 # peer's id is KNP_PEER_ID(ifindex, direction), its address IPv6 or IPv4-mapped. knp_peer_conf: an array of one
 # struct knp_peer_conf. knp_peer_other: a per-CPU array of counters keyed like the stats map. knp_peer_base: a hash
 # (not preallocated), struct knp_peer_key -> struct knp_counter, user space's.

@@ -26,7 +26,6 @@ ENTRY_BYTES = 8
 MAP_BYTES = 1024
 MAX_CAPACITY = 1 << 20  # peers kept at most: tables of 2 M entries, 80 MB per CPU each already
 ZERO_KEY = layout.SLOT.pack(0)
-ZERO_COUNTER = layout.COUNTER.pack(0, 0)
 FREE = layout.PEER.pack(bytes(16), 0, 0, 0, 0)
 
 
@@ -68,11 +67,13 @@ def _sum(values):
 
 
 class Peer(object):
-    """A peer held: its counts since it was first counted, those of the last interval, and swaps without a packet."""
+    """A peer held: where its entries start in the tables (layout.peer_hash), its counts since it was first
+    counted, those of the last interval, and swaps without a packet."""
 
-    __slots__ = ("packets", "bytes", "last_packets", "last_bytes", "idle")
+    __slots__ = ("home", "packets", "bytes", "last_packets", "last_bytes", "idle")
 
-    def __init__(self, packets=0, nbytes=0):
+    def __init__(self, home, packets=0, nbytes=0):
+        self.home = home
         self.packets, self.bytes = packets, nbytes
         self.last_packets = self.last_bytes = 0
         self.idle = 0
@@ -101,7 +102,6 @@ class Talkers(object):
         self._swapped = None  # monotonic time of the last swap
         self._other = {}  # (slot, direction) -> (packets, bytes, last interval's packets, bytes) of `other`
         self._gone = []  # keys retired since the base map was last written
-        self._hashes = {}  # key -> layout.peer_hash() of the held peers
         self._overflow = {}  # peer id -> [packets, bytes] of the last interval's peers retired at once, for want of room
         self.bind(obj)
         self.capacity = capacity or self.mask // 2 + 1
@@ -145,7 +145,7 @@ class Talkers(object):
             if peer_id & layout.PEER_RETIRED:
                 self.retired[peer_id & ~layout.PEER_RETIRED] = [packets, nbytes]
             else:
-                self.held[key] = Peer(packets, nbytes)
+                self._hold(key, packets, nbytes)
         for table in (self.tables[1 - self.live], self.tables[self.live]):
             if table is self.tables[self.live]:
                 self._swap_only()
@@ -157,23 +157,21 @@ class Talkers(object):
             os.close(fd)
         self._barrier = ()
 
-    def _hash(self, key):
-        h = self._hashes.get(key)
-        if h is None:
-            h = self._hashes[key] = layout.peer_hash(self.seed, *layout.PEER_KEY.unpack(key))
-        return h
+    def _hold(self, key, packets=0, nbytes=0):
+        """Hold a peer (its key, layout.PEER_KEY): the Peer."""
+        peer = self.held[key] = Peer(layout.peer_hash(self.seed, *layout.PEER_KEY.unpack(key)), packets, nbytes)
+        return peer
 
     def _swap_only(self):
         """Name the idle table live, an entry made first in it for every held peer, where its programs look for
         it; and wait for the programs that may still count in the other one. A held peer for which there is no
-        room within the probes (one in millions) is retired."""
+        room within the probes (one in some 200,000 when as many are held as kept) is retired."""
         idle = self.tables[1 - self.live]
         taken = set()
         homeless = []
-        for key in self.held:
-            h = self._hash(key)
+        for key, peer in self.held.items():
             for i in range(layout.PEER_PROBES):
-                index = (h + i) & self.mask
+                index = (peer.home + i) & self.mask
                 if index not in taken:
                     taken.add(index)
                     peer_id, addr = layout.PEER_KEY.unpack(key)
@@ -215,8 +213,7 @@ class Talkers(object):
         for minus_bytes, key, packets in sorted(found):
             nbytes = -minus_bytes
             if len(self.held) < self.capacity:
-                peer = self.held[key] = Peer()
-                peer.add(packets, nbytes)
+                self._hold(key).add(packets, nbytes)
             else:  # no room: its counts go to `other` at once
                 self._add_retired(key, packets, nbytes)
                 last = self._overflow.setdefault(layout.PEER_KEY.unpack(key)[0], [0, 0])
@@ -256,7 +253,6 @@ class Talkers(object):
         return retired
 
     def _retire(self, key):
-        self._hashes.pop(key, None)
         peer = self.held.pop(key)
         self._add_retired(key, peer.packets, peer.bytes)
 
@@ -288,7 +284,6 @@ class Talkers(object):
         ids = {layout.peer_id(ifindex, d) for d in layout.DIRECTIONS}
         for key in [k for k in self.held if layout.PEER_KEY.unpack(k)[0] in ids]:
             del self.held[key]
-            self._hashes.pop(key, None)
             self._delete_base(key)
         self._swap_only()
         self._drain(self.tables[1 - self.live], drop=ids)
