@@ -348,8 +348,8 @@ def test_the_programs_and_user_space_find_a_peer_at_the_same_entries(loader):
     engine = open_engine(loader)
     order = [(family, i) for i in range(150) for family in "46"]
     frames_ = [peer_frame(family, "rx", i, "02:00:00:00:00:02", "02:00:00:00:00:01") for family, i in order]
-    cpu = min(os.sched_getaffinity(0))
     affinity = os.sched_getaffinity(0)
+    cpu = min(affinity)
     with engine.load_bytes(embedded_object(), max_entries=talkers.max_entries(512),
                            programs={layout.PEER_PROGRAMS["rx", "tc"]}) as obj:
         stats.Slots.of(obj, talkers=True).add(LOOPBACK_IFINDEX)
